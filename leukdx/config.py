@@ -1,0 +1,551 @@
+"""The one place that reads experiment configuration.
+
+A config is a YAML file whose top-level sections map onto the dataclasses below. Every
+key is validated: an unknown or misspelt key is an error that names it and suggests the
+nearest valid key. Command-line overrides use dotted paths (``--set data.image_size=64``),
+and a config may inherit another with ``extends: other.yaml`` (paths relative to the file).
+
+Example:
+    >>> from leukdx.config import load_config
+    >>> cfg = load_config("configs/demo.yaml", overrides=["train.epochs=1"])
+    >>> cfg.train.epochs
+    1
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "AugmentConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "FeaturesConfig",
+    "HeadConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message says which and what to do."""
+
+
+# Class-folder names recognised by the ``folders`` layout (compared case-insensitively).
+DEFAULT_CLASS_ALIASES: dict[str, list[str]] = {
+    "healthy": ["healthy", "normal", "benign", "hem", "0"],
+    "leukemia": ["leukemia", "leukaemia", "all", "blast", "cancer", "1"],
+}
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they become tensors.
+
+    Args:
+        root: a collection folder (sub-folders are sources) or a single source folder.
+        sources: restrict to these sources (names of sub-folders); ``None`` means all.
+        merge_sources: treat several folders as one source, e.g.
+            ``{all_idb: [all_idb1, all_idb2]}`` (same slides and patients).
+        layout: ``auto``, ``folders``, ``allidb`` or ``manifest``; ``layouts`` overrides it
+            per source.
+        class_aliases: class-folder names for the ``folders`` layout.
+        manifest: file name of the CSV manifest (``path,label[,group]``) of the manifest layout.
+        image_size: square side in pixels the images are resized to.
+        aspect: ``stretch`` (as the papers did) or ``pad`` (keep aspect, pad with zeros).
+        cache: ``memory`` or ``disk`` (decoded arrays keyed by content hash and size).
+        cache_dir: folder of the disk cache.
+        on_bad_image: ``error`` (stop, naming the file) or ``skip`` (skip and report).
+        max_per_class: keep at most this many images per source and class (seeded), for
+            quick runs; ``None`` keeps all.
+        near_duplicate_distance: dHash (16x16) Hamming distance at or below which two images
+            are near duplicates and share a group; ``-1`` disables near-duplicate grouping.
+        workers: decoding threads; ``None`` uses the CPU count.
+    """
+
+    root: str = "../shared/data"
+    sources: list[str] | None = None
+    merge_sources: dict[str, list[str]] = field(default_factory=dict)
+    layout: str = "auto"
+    layouts: dict[str, str] = field(default_factory=dict)
+    class_aliases: dict[str, list[str]] = field(
+        default_factory=lambda: copy.deepcopy(DEFAULT_CLASS_ALIASES)
+    )
+    manifest: str = "manifest.csv"
+    image_size: int = 224
+    aspect: str = "stretch"
+    cache: str = "memory"
+    cache_dir: str = ".leukdx_cache"
+    on_bad_image: str = "error"
+    max_per_class: int | None = None
+    near_duplicate_distance: int = 12
+    workers: int | None = None
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation.
+
+    Args:
+        preset: ``leuknet`` (LeukNet §3.2), ``loey`` (Loey et al. §3.1.1) or ``none``.
+        expand: augmented passes over the training set per epoch (LeukNet used a 20x
+            larger training set).
+        placement: ``pipeline`` (tf.data, batched) or ``model`` (inside the model, so it runs
+            on the accelerator).
+    """
+
+    preset: str = "leuknet"
+    expand: int = 1
+    placement: str = "pipeline"
+
+
+@dataclass
+class HeadConfig:
+    """New dense layers of mSFT/mDFT.
+
+    Args:
+        units: sizes of the new dense layers; ``None`` uses the backbone's paper default
+            (VGG/AlexNet 1024/256, ResNet50/InceptionV3 1024, Xception 128).
+        dropout: dropout after each new dense layer (one value per unit, or one for all).
+    """
+
+    units: list[int] | None = None
+    dropout: list[float] | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Backbone, fine-tuning strategy and head.
+
+    Args:
+        backbone: a registered backbone name (``leukdx.models.list_backbones()``).
+        strategy: ``sft``, ``dft``, ``msft`` or ``mdft``.
+        weights: ``imagenet``, ``none`` or a path to a local weights file.
+        head: the new dense layers (mSFT/mDFT).
+        frozen_blocks: convolutional blocks frozen by SFT, counted from the input.
+    """
+
+    backbone: str = "vgg16"
+    strategy: str = "mdft"
+    weights: str = "imagenet"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    frozen_blocks: int = 3
+
+
+@dataclass
+class TrainConfig:
+    """How a model is fitted.
+
+    Args:
+        epochs: training epochs.
+        batch_size: images per step.
+        optimizer: ``sgd``, ``adam`` or ``rmsprop``.
+        learning_rate: initial learning rate.
+        momentum: SGD momentum.
+        loss: Keras loss name.
+        validation_split: fraction of the training groups held out for validation
+            (grouped and stratified); ``0`` disables validation.
+        validation_source: use this source as the validation set instead of a split.
+        precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
+        distribution: ``auto`` (MirroredStrategy when >1 GPU), ``none``, ``mirrored`` or
+            ``multi_worker``.
+        early_stopping_patience: epochs without val_loss improvement before stopping;
+            ``None`` disables.
+        reduce_lr_patience: epochs without improvement before halving the learning rate;
+            ``None`` disables.
+        class_weight: ``none`` or ``balanced``.
+        threshold: probability at or above which an image is called leukaemia.
+        tensorboard: write TensorBoard logs in the run folder.
+        verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
+    """
+
+    epochs: int = 50
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    learning_rate: float = 1e-3
+    momentum: float = 0.8
+    loss: str = "binary_crossentropy"
+    validation_split: float = 0.25
+    validation_source: str | None = None
+    precision: str = "auto"
+    distribution: str = "auto"
+    early_stopping_patience: int | None = None
+    reduce_lr_patience: int | None = None
+    class_weight: str = "none"
+    threshold: float = 0.5
+    tensorboard: bool = True
+    verbose: int = 1
+
+
+@dataclass
+class EvaluateConfig:
+    """Cross-dataset evaluation protocol.
+
+    Args:
+        protocol: ``lodo``, ``kfold``, ``holdout`` or ``external``.
+        test_sources: ``lodo``: sources to hold out (default: every two-class source);
+            ``external``: the test sources.
+        train_sources: ``external``: the training sources (default: all others).
+        k: folds of ``kfold``.
+        repeats: repetitions of ``kfold`` with different shuffles.
+        test_fraction: test share of ``holdout``.
+        runs: independent runs (seeds) per fold.
+        grid: dotted config keys mapped to lists of values; every combination is one
+            configuration, e.g. ``{model.backbone: [vgg16, resnet50]}``.
+        save_predictions: write per-fold predictions CSVs.
+        plots: write PNG plots.
+    """
+
+    protocol: str = "lodo"
+    test_sources: list[str] | None = None
+    train_sources: list[str] | None = None
+    k: int = 5
+    repeats: int = 1
+    test_fraction: float = 0.2
+    runs: int = 1
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    save_predictions: bool = True
+    plots: bool = True
+
+
+@dataclass
+class FeaturesConfig:
+    """Deep features + classic classifiers (Loey model 1) and feature-space analysis.
+
+    Args:
+        layer: layer whose activations are the features (``auto``: the backbone's
+            feature layer, e.g. AlexNet fc7).
+        model: a trained run folder or model file to extract from instead of a backbone.
+        classifiers: registered classifier names.
+        pca_components: PCA components applied when the dimension exceeds ``pca_above``.
+        pca_above: feature dimension above which PCA is applied in the analysis.
+        cache_dir: folder of the feature cache.
+        tsne: write t-SNE plots.
+    """
+
+    layer: str = "auto"
+    model: str | None = None
+    classifiers: list[str] = field(
+        default_factory=lambda: ["tree", "lda", "svm_linear", "svm_rbf", "svm_cubic", "knn1"]
+    )
+    pca_components: int = 100
+    pca_above: int = 256
+    cache_dir: str = ".leukdx_cache/features"
+    tsne: bool = True
+
+
+@dataclass
+class ExportConfig:
+    """Deployment export.
+
+    Args:
+        formats: any of ``savedmodel``, ``tflite``, ``keras``.
+        quantize: also write a dynamic-range quantised TFLite model.
+    """
+
+    formats: list[str] = field(default_factory=lambda: ["savedmodel", "tflite"])
+    quantize: bool = True
+
+
+@dataclass
+class Config:
+    """A whole experiment.
+
+    Args:
+        name: experiment name (used in output folders and CSV rows).
+        seed: master seed; every random choice derives from it.
+        task: ``finetune`` (train a network) or ``features`` (deep features + classifiers).
+    """
+
+    name: str = "experiment"
+    seed: int = 42
+    task: str = "finetune"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# Allowed values of enumerated settings, checked once here so that every layer can trust them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": ("finetune", "features"),
+    "data.layout": ("auto", "folders", "allidb", "manifest"),
+    "data.aspect": ("stretch", "pad"),
+    "data.cache": ("memory", "disk"),
+    "data.on_bad_image": ("error", "skip"),
+    "augment.preset": ("leuknet", "loey", "none"),
+    "augment.placement": ("pipeline", "model"),
+    "model.strategy": ("sft", "dft", "msft", "mdft"),
+    "train.optimizer": ("sgd", "adam", "rmsprop"),
+    "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+    "train.distribution": ("auto", "none", "mirrored", "multi_worker"),
+    "train.class_weight": ("none", "balanced"),
+    "evaluate.protocol": ("lodo", "kfold", "holdout", "external"),
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    if close:
+        return f" Did you mean '{close[0]}'?"
+    return f" Valid keys: {', '.join(sorted(valid))}."
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) < len(typing.get_args(tp)):
+            return True, args[0] if len(args) == 1 else Union[tuple(args)]
+    return False, tp
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` to type ``tp`` or raise a ConfigError naming ``where``."""
+    optional, inner = _is_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "~")):
+        if optional:
+            return None
+        raise ConfigError(f"'{where}' may not be empty (null).")
+    tp = inner
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{where}' must be a mapping of keys, got {value!r}.")
+        return _build(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a scalar where a list is expected means a list of one
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise ConfigError(f"'{where}' must be a list, got {value!r}.")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{where}' must be a mapping, got {value!r}.")
+        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise ConfigError(f"'{where}' must be true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"'{where}' must be an integer, got {value!r}.")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"'{where}' must be an integer, got {value!r}.") from None
+        if f != int(f):
+            raise ConfigError(f"'{where}' must be an integer, got {value!r}.")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"'{where}' must be a number, got {value!r}.")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"'{where}' must be a number, got {value!r}.") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"'{where}' must be a string, got {value!r}.")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"Unknown config key '{where}'.{_suggest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], where)
+    obj = cls(**kwargs)
+    for key in names:
+        where = f"{prefix}.{key}" if prefix else key
+        if where in CHOICES:
+            val = getattr(obj, key)
+            if val not in CHOICES[where]:
+                raise ConfigError(
+                    f"'{where}' is {val!r}; choose one of {', '.join(CHOICES[where])}."
+                )
+    return obj
+
+
+def _validate(cfg: Config) -> None:
+    d, t, e = cfg.data, cfg.train, cfg.evaluate
+    if d.image_size < 32:
+        raise ConfigError(f"'data.image_size' is {d.image_size}; it must be at least 32 pixels.")
+    if not 0.0 <= t.validation_split < 1.0:
+        raise ConfigError("'train.validation_split' must be in [0, 1).")
+    if not 0.0 < e.test_fraction < 1.0:
+        raise ConfigError("'evaluate.test_fraction' must be in (0, 1).")
+    if e.k < 2:
+        raise ConfigError("'evaluate.k' must be at least 2.")
+    for name, value in (("augment.expand", cfg.augment.expand), ("evaluate.runs", e.runs),
+                        ("evaluate.repeats", e.repeats), ("train.epochs", t.epochs),
+                        ("train.batch_size", t.batch_size)):
+        if value < 1:
+            raise ConfigError(f"'{name}' must be at least 1, got {value}.")
+    for source, layout in d.layouts.items():
+        if layout not in CHOICES["data.layout"]:
+            raise ConfigError(
+                f"'data.layouts.{source}' is {layout!r}; choose one of "
+                f"{', '.join(CHOICES['data.layout'])}."
+            )
+    for key in e.grid:
+        _check_dotted_key(key, where="evaluate.grid")
+
+
+def _check_dotted_key(key: str, where: str = "--set") -> None:
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            # dict-valued settings (e.g. data.layouts.NAME) accept any sub-key
+            return
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            shown = ".".join(parts[: i + 1])
+            raise ConfigError(f"{where}: unknown config key '{shown}'.{_suggest(part, names)}")
+        _, cls = _is_optional(_field_types(cls)[part])
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k not in ("grid",):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle.")
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections.")
+    parent = data.pop("extends", None)
+    if parent:
+        base = _read_yaml((path.parent / str(parent)), seen + (path,))
+        data = _deep_merge(base, data)
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``a.b=value`` into the dotted key and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"Override {text!r} must look like key.path=value.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``key='a.b'``, creating sections as needed."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Cannot set '{key}': '{part}' is not a section.")
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Build and validate a Config from a plain mapping plus ``key=value`` overrides."""
+    data = copy.deepcopy(dict(data))
+    data.pop("extends", None)
+    for text in overrides:
+        key, value = parse_override(text)
+        _check_dotted_key(key)
+        set_dotted(data, key, value)
+    cfg = _build(Config, data)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Args:
+        path: YAML file; ``extends: base.yaml`` inside it inherits another file.
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: unknown key (with the nearest valid one), bad type or value.
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    return config_from_dict(data, overrides)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (for YAML/JSON), every default filled in."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the fully resolved config as YAML (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def replace(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """A copy of ``cfg`` with dotted-key overrides applied (used by evaluation grids)."""
+    data = config_to_dict(cfg)
+    for key, value in overrides.items():
+        _check_dotted_key(key)
+        set_dotted(data, key, value)
+    out = _build(Config, data)
+    _validate(out)
+    return out
