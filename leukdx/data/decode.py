@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -39,6 +38,7 @@ __all__ = [
     "BadImageError",
     "is_image_file",
     "load_image",
+    "load_preview",
     "open_image",
     "read_image",
     "resize_image",
@@ -280,7 +280,38 @@ def load_image(path: str | os.PathLike, size: int, aspect: str = "stretch") -> n
         return _resize_pil(rgb, size, aspect)
 
 
-def path_label(path: str | os.PathLike) -> str:
-    """Short display name of a file for messages (parent folder + name)."""
-    p = Path(path)
-    return str(Path(p.parent.name) / p.name)
+def load_preview(
+    source: str | os.PathLike | bytes, path: str | os.PathLike | None = None, min_side: int = 128
+) -> tuple[Image.Image, str, int, int]:
+    """Decode a grayscale preview cheaply and report the original format and size.
+
+    Used by the collection scan: it proves the file decodes (a truncated JPEG still fails at
+    reduced scale) and yields the picture the dHash is computed from. JPEGs are decoded in
+    draft mode at the smallest DCT scale that keeps both sides at least ``min_side`` pixels
+    (or the original size when smaller); other formats are decoded in full.
+
+    Args:
+        source: a path or the file's bytes.
+        path: the file name for error messages when ``source`` is bytes.
+        min_side: the preview's smaller side is at least this (unless the image is smaller).
+
+    Returns:
+        ``(preview, format, width, height)``: a loaded mode-``L`` Pillow image, Pillow's format
+        name (``JPEG``, ``TIFF``, ``BMP``, ``PNG``, ``GIF``) and the original pixel size.
+
+    Raises:
+        BadImageError: empty, truncated or non-image file.
+    """
+    name = path if path is not None else source
+    with open_image(source, name) as im:
+        fmt = str(im.format or "unknown")
+        width, height = im.size
+        try:
+            if fmt == "JPEG":
+                im.draft("L", (min_side, min_side))
+            im.load()
+            # a copy: closing the file (end of `with`) invalidates the opened image itself
+            gray = im.copy() if im.mode == "L" else to_rgb(im).convert("L")
+        except Exception as exc:
+            raise BadImageError(name, _describe(exc)) from exc
+        return gray, fmt, int(width), int(height)

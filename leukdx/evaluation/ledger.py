@@ -1,0 +1,476 @@
+"""The folds ledger: one CSV row per finished (configuration, protocol, fold, run).
+
+An evaluation grid can take days; a killed grid must lose nothing and redo nothing. So the
+runner asks :meth:`Ledger.has` before training a fold and calls :meth:`Ledger.append` right
+after it: each append rewrites the whole file atomically (temporary file + ``os.replace``), so
+``folds.csv`` is always either the old or the new complete file, never half a row. Key values are
+compared as text, the way they are stored, so a key survives the CSV round trip (``fold`` 3 and
+``"3"`` are the same key). Earlier rows are kept byte for byte.
+
+The ledger is single-writer: run one grid per ``folds.csv``.
+
+:func:`summarize` turns the folds into mean ± std per configuration and test source, and
+:func:`markdown_table` prints them shaped like LeukNet's Tables 3-7.
+
+Pure pandas; no TensorFlow.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> ledger = Ledger(pathlib.Path(tempfile.mkdtemp()) / "folds.csv")
+    >>> key = dict(experiment="demo", backbone="vgg16", strategy="mdft", head="1024-256",
+    ...            protocol="lodo", test_source="all_idb2", fold=0, run=0, seed=42)
+    >>> ledger.has(key)
+    False
+    >>> ledger.append({**key, "accuracy": 0.82, "mcc": 0.67})
+    >>> ledger.has(key), len(ledger.read())
+    (True, 1)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leukdx.evaluation.metrics import COUNT_NAMES, METRIC_NAMES
+
+__all__ = [
+    "CONFIG_COLUMNS",
+    "FOLD_COLUMNS",
+    "FOLD_KEY_COLUMNS",
+    "PREDICTION_COLUMNS",
+    "Ledger",
+    "LedgerError",
+    "atomic_write_text",
+    "config_labels",
+    "format_mean_std",
+    "markdown_table",
+    "read_predictions",
+    "summarize",
+    "write_predictions",
+    "write_summary",
+]
+
+# What makes a model configuration (one row of a results table).
+CONFIG_COLUMNS: tuple[str, ...] = ("experiment", "backbone", "strategy", "head", "protocol")
+# One finished fold of one run of one configuration: the resume key.
+FOLD_KEY_COLUMNS: tuple[str, ...] = CONFIG_COLUMNS + ("test_source", "fold", "run", "seed")
+TIMING_COLUMNS: tuple[str, ...] = ("train_seconds", "infer_ms_per_image")
+FOLD_COLUMNS: tuple[str, ...] = (
+    FOLD_KEY_COLUMNS + ("n_train", "n_test") + COUNT_NAMES + METRIC_NAMES + TIMING_COLUMNS
+)
+_TEXT_KEYS = ("experiment", "backbone", "strategy", "head", "protocol", "test_source")
+_INT_COLUMNS = ("fold", "run", "seed", "n_train", "n_test") + COUNT_NAMES
+PREDICTION_COLUMNS: tuple[str, ...] = ("path", "label", "probability", "prediction")
+
+# Column abbreviations of LeukNet's tables.
+METRIC_ABBREVIATIONS = {
+    "accuracy": "A",
+    "precision": "P",
+    "recall": "R",
+    "specificity": "S",
+    "mcc": "MCC",
+    "f1": "F1",
+    "kappa": "Kappa",
+    "roc_auc": "AUC",
+    "balanced_accuracy": "BA",
+}
+
+
+class LedgerError(ValueError):
+    """A ledger row is malformed or duplicates a finished fold."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder + ``os.replace``.
+
+    Readers (and a crash) see either the old file or the new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _cell(value: Any) -> str:
+    """The CSV text of one value: shortest round-trip floats, blank for missing."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return ""
+        return repr(value)
+    return str(value)
+
+
+def _key_text(value: Any) -> str:
+    """Key values as text; integral floats (a fold read back as 3.0) become ``"3"``."""
+    if isinstance(value, (float, np.floating)) and not math.isnan(value) and float(value).is_integer():
+        return str(int(value))
+    return _cell(value)
+
+
+def _line(values: Sequence[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+class Ledger:
+    """A resumable ``folds.csv``.
+
+    Args:
+        path: the CSV file; created (with its folder) by the first :meth:`append`.
+
+    Columns: :data:`FOLD_COLUMNS` in that order (blank where a row has no value), then any
+    extra columns rows bring, in order of first appearance.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    # -- raw access -----------------------------------------------------------------------
+    def _read_raw(self) -> tuple[list[str], list[dict[str, str]], str]:
+        if not self.path.exists():
+            return list(FOLD_COLUMNS), [], ""
+        text = self.path.read_text(encoding="utf-8")
+        if not text.strip():
+            return list(FOLD_COLUMNS), [], ""
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader)
+        missing = [c for c in FOLD_KEY_COLUMNS if c not in header]
+        if missing:
+            raise LedgerError(
+                f"{self.path} is not a folds ledger: it lacks column(s) {', '.join(missing)}. "
+                "Point the evaluation at a new results folder or fix the file."
+            )
+        rows = []
+        for number, values in enumerate(reader, start=2):
+            if not values:
+                continue
+            if len(values) > len(header):
+                raise LedgerError(f"{self.path}, line {number}: more fields than columns.")
+            rows.append(dict(zip(header, values)))
+        return header, rows, text
+
+    @staticmethod
+    def key_of(row: Mapping[str, Any]) -> tuple[str, ...]:
+        """The resume key of a row, as text (raises LedgerError when a key column is missing)."""
+        missing = [c for c in FOLD_KEY_COLUMNS if c not in row]
+        if missing:
+            raise LedgerError(
+                f"A folds row needs every key column; missing: {', '.join(missing)} "
+                f"(keys: {', '.join(FOLD_KEY_COLUMNS)}). Use '' for a key that does not apply."
+            )
+        return tuple(_key_text(row[c]) for c in FOLD_KEY_COLUMNS)
+
+    # -- public API -----------------------------------------------------------------------
+    def done_keys(self) -> set[tuple[str, ...]]:
+        """Keys of every finished row (see :meth:`key_of`)."""
+        _, rows, _ = self._read_raw()
+        return {self.key_of(r) for r in rows}
+
+    def has(self, key: Mapping[str, Any]) -> bool:
+        """Whether the fold identified by ``key`` (all of :data:`FOLD_KEY_COLUMNS`) is done."""
+        return self.key_of(key) in self.done_keys()
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Add one finished fold and rewrite the file atomically.
+
+        Args:
+            row: every key column plus any metric/extra columns.
+
+        Raises:
+            LedgerError: a key column is missing or the key is already in the ledger (a
+                finished fold is never written twice; check :meth:`has` first).
+        """
+        key = self.key_of(row)
+        header, rows, text = self._read_raw()
+        if any(self.key_of(r) == key for r in rows):
+            shown = ", ".join(f"{c}={v}" for c, v in zip(FOLD_KEY_COLUMNS, key))
+            raise LedgerError(f"{self.path} already has the fold {shown}; it is not written twice.")
+        new_cells = {str(k): _cell(v) for k, v in row.items()}
+        extra = [c for c in new_cells if c not in header]
+        if not extra and text:
+            # earlier rows are kept as they are, byte for byte
+            if not text.endswith("\n"):
+                text += "\n"
+            atomic_write_text(self.path, text + _line([new_cells.get(c, "") for c in header]))
+            return
+        header = header + extra
+        lines = [_line(header)]
+        lines += [_line([r.get(c, "") for c in header]) for r in rows]
+        lines.append(_line([new_cells.get(c, "") for c in header]))
+        atomic_write_text(self.path, "".join(lines))
+
+    def read(self) -> pd.DataFrame:
+        """The ledger as a DataFrame (empty, with :data:`FOLD_COLUMNS`, when there is no file).
+
+        Text keys stay text (``""`` for a blank test source), ``fold``/``run``/``seed``, sizes
+        and counts are integers where complete, metrics are floats with NaN for blanks; extra
+        columns are numeric when every value parses, else text.
+        """
+        header, rows, _ = self._read_raw()
+        df = pd.DataFrame([[r.get(c, "") for c in header] for r in rows], columns=header,
+                          dtype=object)
+        for column in header:
+            if column in _TEXT_KEYS:
+                df[column] = df[column].astype(str)
+                continue
+            values = df[column].replace("", np.nan)
+            try:
+                numeric = pd.to_numeric(values)
+            except (TypeError, ValueError):
+                df[column] = df[column].astype(str)
+                continue
+            if column in _INT_COLUMNS and len(numeric) and numeric.notna().all():
+                numeric = numeric.astype(np.int64)
+            df[column] = numeric.astype(np.float64) if column not in _INT_COLUMNS else numeric
+        return df
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries
+
+
+def summarize(folds: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean and standard deviation of each metric per configuration and test source.
+
+    The spread is over every fold and run of the group (LeukNet reports mean ± std over five
+    runs per test dataset). ``std`` uses ``ddof=1`` and both ignore NaN (an undefined recall in
+    one fold does not blank the whole cell); a single value has NaN std.
+
+    Args:
+        folds: rows of a ledger (:meth:`Ledger.read`).
+        by: grouping columns; default :data:`CONFIG_COLUMNS` + ``test_source`` (those present).
+
+    Returns:
+        One row per group, in order of first appearance: the grouping columns, ``n`` (rows),
+        then ``<metric>_mean`` and ``<metric>_std`` for each metric and timing column present.
+    """
+    if by is None:
+        by = [c for c in CONFIG_COLUMNS + ("test_source",) if c in folds.columns]
+    by = list(by)
+    missing = [c for c in by if c not in folds.columns]
+    if missing:
+        raise ValueError(f"summarize: the folds table lacks column(s) {', '.join(missing)}.")
+    values = [c for c in METRIC_NAMES + TIMING_COLUMNS if c in folds.columns]
+    if not by:
+        raise ValueError("summarize needs at least one grouping column.")
+    keyed = folds.copy()
+    for column in by:
+        keyed[column] = keyed[column].fillna("").astype(str)
+    grouped = keyed.groupby(by, sort=False, dropna=False)
+    out = grouped.size().rename("n").to_frame()
+    for column in values:
+        numbers = pd.to_numeric(keyed[column], errors="coerce")
+        by_group = numbers.groupby([keyed[c] for c in by], sort=False, dropna=False)
+        out[f"{column}_mean"] = by_group.mean()
+        out[f"{column}_std"] = by_group.std(ddof=1)
+    return out.reset_index()
+
+
+def format_mean_std(mean: float, std: float, percent: bool = True, digits: int = 2) -> str:
+    """``"97.04 ± 1.21"``; the std is left out when undefined (a single run), ``"n/a"`` for NaN.
+
+    Example:
+        >>> format_mean_std(0.97041, 0.0121)
+        '97.04 ± 1.21'
+    """
+    scale = 100.0 if percent else 1.0
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    text = f"{mean * scale:.{digits}f}"
+    if std is None or not np.isfinite(std):
+        return text
+    return f"{text} ± {std * scale:.{digits}f}"
+
+
+def config_labels(summary: pd.DataFrame) -> pd.Series:
+    """A short row label per configuration: the configuration columns that differ.
+
+    E.g. ``"mdft"`` when only the strategy varies, ``"vgg16 / mdft"`` when backbone and strategy
+    vary. When nothing varies, the strategy (or backbone, or experiment) names the row.
+    """
+    columns = [c for c in ("experiment", "backbone", "strategy", "head") if c in summary.columns]
+    varying = [c for c in columns if summary[c].astype(str).nunique() > 1]
+    if not varying:
+        varying = [c for c in ("strategy", "backbone", "experiment") if c in columns][:1]
+    if not varying:
+        return pd.Series(["all"] * len(summary), index=summary.index)
+    return summary[varying].astype(str).agg(" / ".join, axis=1)
+
+
+def markdown_table(
+    summary: pd.DataFrame,
+    metrics: Sequence[str] = ("accuracy", "precision", "recall", "specificity", "mcc"),
+    percent: bool = True,
+    bold_best: bool = True,
+) -> str:
+    """A Markdown results table shaped like LeukNet's Tables 3-7.
+
+    One block per test source (a bold header row), one row per configuration, columns
+    ``A (%) | P (%) | R (%) | S (%) | MCC (%)`` as mean ± std. The best mean of each column
+    within a block is bold when the block has more than one row.
+
+    Args:
+        summary: output of :func:`summarize`.
+        metrics: metric names (each needs ``<metric>_mean`` in ``summary``).
+        percent: show values in %.
+        bold_best: bold the best mean per block and column.
+
+    Returns:
+        The table as Markdown text.
+    """
+    missing = [m for m in metrics if f"{m}_mean" not in summary.columns]
+    if missing:
+        raise ValueError(f"markdown_table: the summary has no column(s) "
+                         f"{', '.join(m + '_mean' for m in missing)}.")
+    unit = " (%)" if percent else ""
+    names = [METRIC_ABBREVIATIONS.get(m, m) + unit for m in metrics]
+    lines = ["| Approach | " + " | ".join(names) + " |", "|---" * (len(metrics) + 1) + "|"]
+    labels = config_labels(summary)
+    block_columns = [c for c in ("protocol", "test_source") if c in summary.columns]
+    several_protocols = "protocol" in summary.columns and summary["protocol"].nunique() > 1
+    if block_columns:
+        blocks = summary.groupby(block_columns, sort=False, dropna=False).groups.items()
+    else:
+        blocks = [((), summary.index)]
+    for key, index in blocks:
+        key = key if isinstance(key, tuple) else (key,)
+        parts = dict(zip(block_columns, key))
+        title = parts.get("test_source") or "all"
+        if several_protocols:
+            title = f"{parts['protocol']}: {title}"
+        lines.append(f"| **{title}** |" + " |" * len(metrics))
+        block = summary.loc[index]
+        best = {}
+        for m in metrics:
+            means = pd.to_numeric(block[f"{m}_mean"], errors="coerce")
+            best[m] = means.max() if bold_best and len(block) > 1 and means.notna().any() else None
+        for i, row in block.iterrows():
+            cells = []
+            for m in metrics:
+                std = row[f"{m}_std"] if f"{m}_std" in block.columns else float("nan")
+                text = format_mean_std(row[f"{m}_mean"], std, percent=percent)
+                if best[m] is not None and row[f"{m}_mean"] == best[m]:
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append(f"| {labels[i]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(folds_csv: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``summary.csv`` and ``summary.md`` for a folds ledger.
+
+    Args:
+        folds_csv: the ledger file.
+        out_dir: folder for the two summary files (created if needed).
+
+    Returns:
+        ``(summary_csv_path, summary_md_path)``.
+
+    Raises:
+        ValueError: the ledger has no rows.
+    """
+    folds = Ledger(folds_csv).read()
+    if folds.empty:
+        raise ValueError(f"{folds_csv} has no finished folds to summarise; run the evaluation "
+                         "first.")
+    summary = summarize(folds)
+    out_dir = Path(out_dir)
+    csv_path = atomic_write_text(out_dir / "summary.csv", summary.to_csv(index=False))
+    n_runs = folds["run"].nunique() if "run" in folds.columns else 1
+    md = (
+        "# Results\n\n"
+        f"Mean ± standard deviation over folds and runs ({len(folds)} folds rows, "
+        f"{n_runs} run(s) per fold), in %. A: accuracy, P: precision, R: recall "
+        "(sensitivity), S: specificity, MCC: Matthews correlation coefficient. "
+        "Best mean per test source in bold.\n\n"
+        + markdown_table(summary)
+    )
+    md_path = atomic_write_text(out_dir / "summary.md", md)
+    return csv_path, md_path
+
+
+# ---------------------------------------------------------------------------------------------
+# predictions
+
+
+def write_predictions(
+    path: str | os.PathLike,
+    paths: Sequence[str],
+    labels: Sequence[int] | None,
+    probs: Sequence[float],
+    threshold: float = 0.5,
+) -> Path:
+    """Write per-image predictions (columns ``path,label,probability,prediction``) atomically.
+
+    Args:
+        path: the CSV file.
+        paths: image paths.
+        labels: true 0/1 labels, or ``None`` when unknown (the column is left blank).
+        probs: P(leukaemia) per image.
+        threshold: probability at or above which ``prediction`` is 1.
+
+    Returns:
+        The written path.
+    """
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    paths = [str(p) for p in paths]
+    if len(paths) != probs.size:
+        raise ValueError(f"write_predictions: {len(paths)} paths but {probs.size} probabilities.")
+    if labels is None:
+        label_col = pd.array([pd.NA] * probs.size, dtype="Int64")
+    else:
+        label_col = np.asarray(labels).reshape(-1).astype(np.int64)
+        if label_col.size != probs.size:
+            raise ValueError(f"write_predictions: {label_col.size} labels but {probs.size} "
+                             "probabilities.")
+    df = pd.DataFrame({
+        "path": paths,
+        "label": label_col,
+        "probability": probs,
+        "prediction": (probs >= threshold).astype(np.int64),
+    })
+    return atomic_write_text(path, df.to_csv(index=False))
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a predictions CSV written by :func:`write_predictions`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a required column is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Predictions file not found: {path}")
+    df = pd.read_csv(path, dtype={"path": str})
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} is not a predictions file: it lacks {', '.join(missing)}.")
+    df["label"] = df["label"].astype("Int64")
+    df["prediction"] = df["prediction"].astype(np.int64)
+    return df

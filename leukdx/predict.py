@@ -1,0 +1,487 @@
+"""Classify image files with a trained model and write ``predictions.csv`` (``leukdx predict``).
+
+A model is any of:
+
+* a run folder made by ``leukdx train`` (``model.keras`` + ``config.yaml``: the image size,
+  aspect handling and decision threshold come from the run's config);
+* a ``.keras`` file (a ``config.yaml`` beside it is used when present; otherwise the size is
+  the model's input size, the aspect ``stretch`` and the threshold 0.5);
+* an exported TensorFlow SavedModel folder (recognised by its ``saved_model.pb``), or an
+  export folder holding one in ``savedmodel/`` (see :mod:`leukdx.export`); its
+  ``serving_default`` signature is called with ``uint8`` images;
+* a ``keras.Model`` already in memory.
+
+Images are always decoded by :mod:`leukdx.data.decode` (Pillow), the same code that decoded the
+training images, so TIFF, 16-bit and CMYK files work for every kind of model, and images are
+resized exactly as in training before they reach the network. A file that cannot be decoded is
+reported in :attr:`PredictResult.skipped` and skipped; the rest of the batch goes on.
+
+Loading never executes code stored in a file: ``.keras`` files are opened with Keras safe mode
+(a ``Lambda`` layer is refused, see :class:`UnsafeModelError`), and nothing here touches the
+network.
+
+Example:
+    >>> from leukdx.predict import predict_paths
+    >>> result = predict_paths("runs/demo", ["slides/"], out="predictions.csv")
+    >>> result.table.head()                                   # path, probability, label
+    >>> result.skipped                                        # [(path, reason), ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from leukdx.config import Config, load_config
+from leukdx.data.decode import BadImageError, is_image_file, load_image, read_image
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import keras
+
+__all__ = [
+    "CLASS_NAMES",
+    "LoadedModel",
+    "PredictResult",
+    "Predictor",
+    "UnsafeModelError",
+    "collect_image_paths",
+    "find_saved_model",
+    "load_keras_model",
+    "load_predictor",
+    "predict_paths",
+    "read_serving_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+# Label index → class name. Probabilities are P(leukaemia), the positive class.
+CLASS_NAMES: tuple[str, str] = ("healthy", "leukaemia")
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.yaml"
+SAVED_MODEL_FILE = "saved_model.pb"
+SAVED_MODEL_DIR = "savedmodel"  # the SavedModel's folder inside an export folder
+# Serving facts written by leukdx.export next to the graph (TF Serving's place for extra files).
+SERVING_METADATA = Path("assets.extra") / "leukdx_serving.json"
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_ASPECT = "stretch"
+
+
+class UnsafeModelError(ValueError):
+    """A ``.keras`` file holds code (e.g. a ``Lambda`` layer) that safe mode will not run."""
+
+
+# --------------------------------------------------------------------------- loading models
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model together with the run it came from.
+
+    Attributes:
+        model: the Keras model (input float32 [0, 255] images, output (B, 1) P(leukaemia)).
+        config: the run's config, or ``None`` when the model came without one.
+        run_dir: the run folder, or ``None``.
+        model_path: the ``.keras`` file, or ``None`` for an in-memory model.
+    """
+
+    model: keras.Model
+    config: Config | None = None
+    run_dir: Path | None = None
+    model_path: Path | None = None
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input: the model's own input size, else ``data.image_size``."""
+        shape = tuple(self.model.input_shape)
+        if len(shape) == 4 and shape[1] is not None and shape[1] == shape[2]:
+            return int(shape[1])
+        if self.config is not None:
+            return int(self.config.data.image_size)
+        raise ValueError(
+            f"The model's input shape {shape} has no fixed square size and no config.yaml "
+            "says which size it was trained at; use the run folder instead of the bare model."
+        )
+
+    @property
+    def aspect(self) -> str:
+        """``stretch`` or ``pad``, as the training images were resized (``data.aspect``)."""
+        return self.config.data.aspect if self.config is not None else DEFAULT_ASPECT
+
+    @property
+    def threshold(self) -> float:
+        """Probability at or above which an image is called leukaemia (``train.threshold``)."""
+        return float(self.config.train.threshold) if self.config is not None else DEFAULT_THRESHOLD
+
+
+def _load_keras_file(path: Path) -> keras.Model:
+    """Load with safe mode through :func:`leukdx.train.load_model`, naming unsafe content."""
+    from leukdx.train import load_model
+
+    try:
+        return load_model(path)
+    except ValueError as exc:
+        # Keras refuses Python lambdas (and other arbitrary code) in safe mode with a
+        # ValueError that mentions safe_mode; say plainly why nothing was loaded.
+        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower():
+            raise UnsafeModelError(
+                f"Refusing to load '{path}': it contains code (such as a Lambda layer) that "
+                "would run when the file is opened. leukdx loads models in Keras safe mode "
+                "only; leukdx models never need Lambda layers, so rebuild the model with "
+                "registered layers instead."
+            ) from exc
+        raise
+
+
+def load_keras_model(source: Any) -> LoadedModel:
+    """Resolve a run folder, ``.keras`` file or in-memory model to a :class:`LoadedModel`.
+
+    Args:
+        source: a ``keras.Model``, a ``.keras`` file, or a run folder holding ``model.keras``
+            (its ``config.yaml`` is read too; a ``config.yaml`` beside a ``.keras`` file is
+            also used).
+
+    Returns:
+        The model with its config (``None`` when there is none).
+
+    Raises:
+        FileNotFoundError: the path does not exist or holds no ``model.keras``.
+        UnsafeModelError: the file contains code that safe mode refuses to run.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        if not hasattr(source, "predict"):
+            raise TypeError(
+                f"Expected a keras.Model, a .keras file or a run folder, got {type(source)!r}."
+            )
+        return LoadedModel(model=source)
+    path = Path(source)
+    if path.is_dir():
+        run_dir, model_path = path, path / MODEL_FILE
+        if not model_path.is_file():
+            raise FileNotFoundError(
+                f"'{path}' is a folder without {MODEL_FILE}: give a run folder made by "
+                "`leukdx train` or a .keras file."
+            )
+    elif path.is_file():
+        run_dir, model_path = path.parent, path
+    else:
+        raise FileNotFoundError(f"No model at '{path}': the path does not exist.")
+    config_path = run_dir / CONFIG_FILE
+    config = load_config(config_path) if config_path.is_file() else None
+    model = _load_keras_file(model_path)
+    return LoadedModel(
+        model=model,
+        config=config,
+        run_dir=run_dir if config is not None else None,
+        model_path=model_path,
+    )
+
+
+def find_saved_model(path: str | os.PathLike) -> Path | None:
+    """The SavedModel folder at ``path`` (itself, or its ``savedmodel/``), or ``None``."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    for folder in (path, path / SAVED_MODEL_DIR):
+        if (folder / SAVED_MODEL_FILE).is_file():
+            return folder
+    return None
+
+
+def read_serving_metadata(saved_model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The serving facts leukdx stored in a SavedModel (image size, aspect, threshold...).
+
+    Returns an empty dict for a SavedModel that leukdx did not write.
+    """
+    path = Path(saved_model_dir) / SERVING_METADATA
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --------------------------------------------------------------------------- predictors
+
+
+class Predictor:
+    """P(leukaemia) for batches of ``uint8`` images, whatever the model's format.
+
+    Attributes:
+        image_size: side images are resized to before prediction, or ``None`` when the model
+            takes images at their own size (one at a time).
+        aspect: ``stretch`` or ``pad``.
+        threshold: decision threshold of the model's run.
+        description: what was loaded (for messages and the CSV's provenance).
+    """
+
+    image_size: int | None
+    aspect: str
+    threshold: float
+    description: str
+
+    def predict(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        """P(leukaemia), shape (B,), for ``(B, H, W, 3)`` ``uint8`` images."""
+        raise NotImplementedError
+
+
+class _KerasPredictor(Predictor):
+    def __init__(self, loaded: LoadedModel, batch_size: int):
+        self.loaded = loaded
+        self.image_size = loaded.image_size
+        self.aspect = loaded.aspect
+        self.threshold = loaded.threshold
+        self.batch_size = int(batch_size)
+        self.description = str(loaded.model_path or "in-memory Keras model")
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        from leukdx.train import predict_proba
+
+        return predict_proba(self.loaded.model, images, batch_size=self.batch_size)
+
+
+class _SavedModelPredictor(Predictor):
+    def __init__(self, folder: Path):
+        import tensorflow as tf
+
+        self.folder = folder
+        self.description = str(folder)
+        loaded = tf.saved_model.load(str(folder))
+        if "serving_default" not in loaded.signatures:
+            raise ValueError(
+                f"The SavedModel '{folder}' has no serving_default signature; export it with "
+                "`leukdx export` (or keras Model.export)."
+            )
+        self._loaded = loaded  # keeps the variables alive
+        self._fn = loaded.signatures["serving_default"]
+        _, inputs = self._fn.structured_input_signature
+        if len(inputs) != 1:
+            raise ValueError(
+                f"The SavedModel '{folder}' serving_default signature takes {len(inputs)} "
+                "inputs; one image tensor is expected."
+            )
+        (self._input_name, spec), = inputs.items()
+        self._input_dtype = spec.dtype
+        meta = read_serving_metadata(folder)
+        fixed = spec.shape.rank == 4 and spec.shape[1] is not None and spec.shape[2] is not None
+        if meta.get("image_size"):
+            # leukdx's own export: resize with Pillow as in training, so the graph's resize is
+            # skipped and the result equals the Keras model's.
+            self.image_size = int(meta["image_size"])
+        elif fixed:
+            self.image_size = int(spec.shape[1])
+        else:
+            self.image_size = None
+        self.aspect = str(meta.get("aspect", DEFAULT_ASPECT))
+        self.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        x = tf.constant(np.asarray(images), dtype=self._input_dtype)
+        outputs = self._fn(**{self._input_name: x})
+        if "probability" in outputs:
+            probs = outputs["probability"]
+        elif len(outputs) == 1:
+            probs = next(iter(outputs.values()))
+        else:
+            raise ValueError(
+                f"The SavedModel '{self.folder}' returns {sorted(outputs)}; leukdx expects a "
+                "'probability' output."
+            )
+        return np.asarray(probs, dtype=np.float64).reshape(-1)
+
+
+def load_predictor(model: Any, batch_size: int = 32) -> Predictor:
+    """A :class:`Predictor` for a run folder, ``.keras`` file, SavedModel or Keras model.
+
+    Args:
+        model: see the module docstring for the accepted kinds.
+        batch_size: images per forward pass of a Keras model.
+
+    Returns:
+        The predictor.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        saved_model = find_saved_model(model)
+        if saved_model is not None and not (Path(model) / MODEL_FILE).is_file():
+            return _SavedModelPredictor(saved_model)
+    return _KerasPredictor(load_keras_model(model), batch_size)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def collect_image_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted, de-duplicated list of images.
+
+    Inside folders only files with an image extension (``IMAGE_EXTENSIONS``) are taken, so
+    ``MANIFEST.csv`` or annotation files are ignored. A file named explicitly is always taken:
+    if it is not an image, it is reported as skipped by :func:`predict_paths`.
+
+    Args:
+        paths: one path or several.
+
+    Returns:
+        Image paths in the order given (folders expanded in sorted order).
+
+    Raises:
+        FileNotFoundError: a given path does not exist (usually a typo).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for entry in paths:
+        entry = Path(entry)
+        if entry.is_dir():
+            files = sorted(
+                Path(root) / name
+                for root, dirs, names in os.walk(entry)
+                for name in names
+                if is_image_file(name)
+                and not any(part.startswith(".") for part in Path(root).relative_to(entry).parts)
+            )
+        elif entry.is_file():
+            files = [entry]
+        else:
+            raise FileNotFoundError(f"'{entry}' does not exist: give image files or folders.")
+        for file in files:
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(file)
+    return found
+
+
+def _load_one(path: Path, size: int | None, aspect: str) -> np.ndarray:
+    return read_image(path) if size is None else load_image(path, size, aspect)
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_paths` produced.
+
+    Attributes:
+        csv_path: the CSV written (``None`` when ``out`` was ``None``).
+        n_predicted: images classified.
+        skipped: ``(path, reason)`` for each file that could not be read.
+        table: the predictions, columns ``path``, ``probability`` (P(leukaemia)), ``label``
+            (0 healthy, 1 leukaemia).
+    """
+
+    csv_path: Path | None
+    n_predicted: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def predict_paths(
+    model: Any,
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    out: str | os.PathLike | None = "predictions.csv",
+    batch_size: int = 32,
+    threshold: float | None = None,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+) -> PredictResult:
+    """Classify image files and folders; write ``path,probability,label`` rows to a CSV.
+
+    Args:
+        model: a run folder, ``.keras`` file, SavedModel folder or ``keras.Model``.
+        paths: image files and/or folders (searched recursively).
+        out: CSV to write (parent folders are created); ``None`` writes nothing.
+        batch_size: images decoded and classified together.
+        threshold: probability at or above which the label is 1 (leukaemia); ``None`` uses
+            the model's run (``train.threshold``, 0.5 without a config).
+        progress: show a tqdm progress bar.
+        workers: decoding threads (default: up to 4 or the CPU count).
+
+    Returns:
+        A :class:`PredictResult`; unreadable files are in ``skipped``, never fatal.
+
+    Raises:
+        FileNotFoundError: the model or one of ``paths`` does not exist.
+        UnsafeModelError: the model file contains code that safe mode refuses to run.
+
+    Example:
+        >>> result = predict_paths("runs/demo/model.keras", ["a.tif", "more/"], out=None)
+        >>> result.n_predicted, result.skipped
+    """
+    from tqdm.auto import tqdm
+
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}.")
+    files = collect_image_paths(paths)
+    predictor = load_predictor(model, batch_size=batch_size)
+    cut = float(predictor.threshold if threshold is None else threshold)
+    if not 0.0 <= cut <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}.")
+
+    rows_path: list[str] = []
+    rows_prob: list[float] = []
+    skipped: list[tuple[str, str]] = []
+    # Models that take images at their own size (no fixed input) see one image per call.
+    step = int(batch_size) if predictor.image_size is not None else 1
+    n_workers = workers or min(4, os.cpu_count() or 1)
+    with (
+        ThreadPoolExecutor(max_workers=n_workers) as pool,
+        tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar,
+    ):
+        for chunk in _batches(files, step):
+            futures = [
+                pool.submit(_load_one, p, predictor.image_size, predictor.aspect) for p in chunk
+            ]
+            good_paths, images = [], []
+            for path, future in zip(chunk, futures):
+                try:
+                    images.append(future.result())
+                    good_paths.append(str(path))
+                except (BadImageError, OSError) as exc:
+                    reason = exc.reason if isinstance(exc, BadImageError) else str(exc)
+                    skipped.append((str(path), reason))
+                    log.warning("Skipped %s: %s", path, reason)
+            if images:
+                probs = predictor.predict(np.stack(images))
+                rows_path.extend(good_paths)
+                rows_prob.extend(float(p) for p in probs)
+            bar.update(len(chunk))
+
+    probabilities = np.asarray(rows_prob, dtype=np.float64)
+    table = pd.DataFrame(
+        {
+            "path": pd.Series(rows_path, dtype=str),
+            "probability": probabilities,
+            "label": (probabilities >= cut).astype(int),
+        }
+    )
+    csv_path = None
+    if out is not None:
+        csv_path = Path(out)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, csv_path)
+    if skipped:
+        log.warning("%d of %d file(s) could not be read and were skipped.", len(skipped),
+                    len(files))
+    return PredictResult(csv_path, len(table), skipped, table)

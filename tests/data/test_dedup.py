@@ -1,0 +1,209 @@
+"""Tests of leukdx.data.dedup: hashes, Hamming distances, union-find groups."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+
+from leukdx.data.dedup import (
+    UnionFind,
+    assign_groups,
+    bits_to_hex,
+    dhash,
+    dhash_hex,
+    duplicate_pairs,
+    group_id,
+    hamming_matrix,
+    hex_to_bits,
+    mixed_label_groups,
+    near_pairs,
+    sha256_file,
+)
+
+
+def _smooth(seed: int, size: int = 96) -> np.ndarray:
+    """A smooth random picture (dHash is meaningful on smooth content, as on micrographs)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    data = np.random.default_rng(0).bytes(3 * (1 << 20) + 17)  # spans several read chunks
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_dhash_shape_and_hex_length():
+    bits = dhash(_smooth(0))
+    assert bits.dtype == bool and bits.shape == (256,)
+    assert len(dhash_hex(_smooth(0))) == 64
+    assert dhash(_smooth(0), hash_size=8).shape == (64,)
+
+
+def test_dhash_is_robust_to_resizing_and_jpeg_but_separates_pictures(tmp_path):
+    img = _smooth(1, 200)
+    resized = np.asarray(Image.fromarray(img).resize((150, 150), Image.Resampling.BILINEAR))
+    path = tmp_path / "re.jpg"
+    Image.fromarray(img).save(path, quality=70)
+    reencoded = Image.open(path)
+    base = dhash(img)
+    assert (base != dhash(resized)).sum() <= 12
+    assert (base != dhash(reencoded)).sum() <= 12
+    assert (base != dhash(_smooth(2, 200))).sum() > 40
+
+
+def test_dhash_accepts_pillow_images_of_any_mode():
+    img = Image.fromarray(_smooth(3))
+    expected = dhash(img)
+    np.testing.assert_array_equal(dhash(img.convert("L")), expected)
+    deep = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
+    assert deep.mode.startswith("I")
+    assert (dhash(deep) != expected).sum() <= 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(bool, st.sampled_from([8, 64, 256])))
+def test_hex_round_trip(bits):
+    np.testing.assert_array_equal(hex_to_bits(bits_to_hex(bits)), bits)
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(1, 12), st.just(64))))
+def test_hamming_matrix_equals_bit_count(bits):
+    expected = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    np.testing.assert_array_equal(hamming_matrix(bits), expected)
+    np.testing.assert_array_equal(hamming_matrix([bits_to_hex(b) for b in bits]), expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(0, 15), st.just(16))), st.integers(-1, 8))
+def test_near_pairs_in_blocks_equals_full_matrix(bits, max_distance):
+    dist = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    expected = {
+        (i, j, int(dist[i, j]))
+        for i in range(len(bits)) for j in range(i + 1, len(bits))
+        if dist[i, j] <= max_distance
+    }
+    assert set(near_pairs(bits, max_distance, block=4)) == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 19), st.integers(0, 19)), max_size=30))
+def test_union_find_matches_graph_connectivity(edges):
+    uf = UnionFind(20)
+    for a, b in edges:
+        uf.union(a, b)
+    # reference: transitive closure by repeated relabelling
+    label = list(range(20))
+    changed = True
+    while changed:
+        changed = False
+        for a, b in edges:
+            lo = min(label[a], label[b])
+            for x in (a, b):
+                if label[x] != lo:
+                    label[x] = lo
+                    changed = True
+    roots = uf.components()
+    for i in range(20):
+        for j in range(20):
+            assert (roots[i] == roots[j]) == (label[i] == label[j])
+
+
+def _records(sha, dh=None, **extra) -> pd.DataFrame:
+    data = {"sha256": sha, "path": [f"/d/{i}.png" for i in range(len(sha))]}
+    if dh is not None:
+        data["dhash"] = dh
+    data.update(extra)
+    return pd.DataFrame(data)
+
+
+def _hex(bits_on: list[int], n: int = 64) -> str:
+    bits = np.zeros(n, bool)
+    bits[bits_on] = True
+    return bits_to_hex(bits)
+
+
+def test_identical_files_share_a_group_with_stable_id():
+    sha = ["c" * 64, "a" * 64, "c" * 64, "b" * 64]
+    groups = assign_groups(_records(sha), max_distance=-1)
+    assert groups[0] == groups[2] == group_id(["c" * 64]) == "g-" + "c" * 12
+    assert len({groups[0], groups[1], groups[3]}) == 3
+
+
+def test_near_duplicates_join_transitively_and_threshold_applies():
+    # A~B (distance 3), B~C (distance 3), A and C are 6 apart; D is far from all
+    dh = [_hex([]), _hex([0, 1, 2]), _hex([0, 1, 2, 3, 4, 5]), _hex(list(range(20, 60)))]
+    sha = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
+    groups = assign_groups(_records(sha, dh), max_distance=3)
+    assert groups[0] == groups[1] == groups[2] == "g-" + "a" * 12
+    assert groups[3] != groups[0]
+    apart = assign_groups(_records(sha, dh), max_distance=2)
+    assert apart.nunique() == 4
+    disabled = assign_groups(_records(sha, [dh[0]] * 4), max_distance=-1)
+    assert disabled.nunique() == 4
+
+
+def test_declared_groups_are_scoped_per_source_and_origin_links_copies():
+    sha = [c * 64 for c in "abcdef"]
+    records = _records(
+        sha,
+        group=["p1", "p1", "p1", None, "", None],
+        source=["s1", "s1", "s2", "s1", "s1", "s1"],
+        origin=[None, None, None, None, None, "/d/3.png"],
+    )
+    groups = assign_groups(records, max_distance=-1)
+    assert groups[0] == groups[1]
+    assert groups[2] != groups[0]  # same group name in another source is another patient
+    assert groups[5] == groups[3]  # an augmented copy joins its origin
+    assert groups[4] not in {groups[0], groups[3]}  # an empty group name links nothing
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.permutations(list(range(6))))
+def test_group_ids_do_not_depend_on_row_order(order):
+    sha = ["a" * 64, "b" * 64, "a" * 64, "c" * 64, "d" * 64, "c" * 64]
+    dh = [_hex([1]), _hex([50]), _hex([1]), _hex([2, 3]), _hex([2]), _hex([2, 3])]
+    base = assign_groups(_records(sha, dh), max_distance=1)
+    shuffled = _records([sha[i] for i in order], [dh[i] for i in order])
+    again = assign_groups(shuffled, max_distance=1)
+    assert again.tolist() == [base[i] for i in order]
+
+
+def test_duplicate_pairs_lists_exact_and_near_pairs():
+    sha = ["a" * 64, "a" * 64, "b" * 64, "c" * 64]
+    dh = [_hex([1]), _hex([1]), _hex([1, 2]), _hex(list(range(30)))]
+    records = _records(sha, dh, source=["s", "s", "t", "t"])
+    pairs = duplicate_pairs(records, max_distance=2)
+    got = {(r.i, r.j): (r.kind, r.distance) for r in pairs.itertuples()}
+    assert got == {(0, 1): ("exact", 0), (0, 2): ("near", 1), (1, 2): ("near", 1)}
+    assert set(pairs.loc[pairs["kind"] == "near", "source_b"]) == {"t"}
+    exact_only = duplicate_pairs(records, max_distance=-1)
+    assert exact_only["kind"].tolist() == ["exact"]
+
+
+def test_mixed_label_groups_finds_groups_with_both_labels():
+    records = pd.DataFrame({"group": ["g1", "g1", "g2", "g2", "g3"], "label": [0, 1, 0, 0, 1]})
+    assert mixed_label_groups(records) == ["g1"]
+
+
+def test_assign_groups_of_empty_table():
+    empty = pd.DataFrame({"sha256": [], "dhash": []})
+    assert len(assign_groups(empty, 12)) == 0
+
+
+@pytest.mark.real_data
+def test_real_duplicate_pairs_are_within_sources(real_collection):
+    # SOURCES.md: no exact or near duplicates across the staged sources at distance <= 12
+    pairs = duplicate_pairs(real_collection.records, 12)
+    assert len(pairs) > 0
+    assert (pairs["source_a"] == pairs["source_b"]).all()
