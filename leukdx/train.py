@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -62,7 +63,9 @@ __all__ = [
     "make_optimizer",
     "measure_inference_ms",
     "predict_proba",
+    "predict_timed",
     "train_run",
+    "validation_indices",
 ]
 
 log = logging.getLogger(__name__)
@@ -451,7 +454,11 @@ def fit_model(
             keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR), delete_checkpoint=False),
         ]
         if train_cfg.tensorboard:
-            built.append(keras.callbacks.TensorBoard(log_dir=str(out / TENSORBOARD_DIR)))
+            if importlib.util.find_spec("tensorboard") is None:
+                log.warning("train.tensorboard is on but the tensorboard package is not "
+                            "installed (pip install tensorboard); no TensorBoard logs written.")
+            else:
+                built.append(keras.callbacks.TensorBoard(log_dir=str(out / TENSORBOARD_DIR)))
     else:
         built.append(restore_best(monitor))
     return model.fit(
@@ -460,6 +467,7 @@ def fit_model(
         epochs=int(train_cfg.epochs),
         callbacks=built + list(callbacks),
         class_weight=class_weight,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
         verbose=int(train_cfg.verbose),
     )
 
@@ -487,6 +495,25 @@ def predict_proba(
     return np.asarray(probabilities, dtype=np.float64).reshape(-1)
 
 
+def predict_timed(
+    model: keras.Model, images: np.ndarray, batch_size: int = INFERENCE_BATCH_SIZE
+) -> tuple[np.ndarray, float]:
+    """:func:`predict_proba` plus the milliseconds per image it took (LeukNet Table 8).
+
+    One batch is predicted first and not timed, so graph tracing does not count.
+
+    Returns:
+        ``(probabilities (N,), ms_per_image)``; NaN ms when there are no images.
+    """
+    images = np.asarray(images)
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.float64), float("nan")
+    predict_proba(model, images[:batch_size], batch_size)  # warm-up: trace and allocate
+    start = time.perf_counter()
+    probabilities = predict_proba(model, images, batch_size)
+    return probabilities, (time.perf_counter() - start) * 1000.0 / len(images)
+
+
 def measure_inference_ms(
     model: keras.Model,
     images: np.ndarray,
@@ -495,26 +522,19 @@ def measure_inference_ms(
 ) -> float:
     """Milliseconds per image to classify ``images`` at ``batch_size`` (LeukNet Table 8).
 
-    One batch is predicted first so that graph tracing is not timed.
-
     Args:
         model: the model to time.
-        images: images to classify (a sample of ``max_images`` is timed).
+        images: images to classify (the first ``max_images`` are timed).
         batch_size: images per forward pass.
         max_images: cap on the timed images; ``None`` times them all.
 
     Returns:
-        Wall-clock milliseconds per image, or NaN when there are no images.
+        Wall-clock milliseconds per image (after a warm-up batch), NaN without images.
     """
     images = np.asarray(images)
     if max_images is not None:
         images = images[:max_images]
-    if len(images) == 0:
-        return float("nan")
-    predict_proba(model, images[:batch_size], batch_size)  # warm-up: trace and allocate
-    start = time.perf_counter()
-    predict_proba(model, images, batch_size)
-    return (time.perf_counter() - start) * 1000.0 / len(images)
+    return predict_timed(model, images, batch_size)[1]
 
 
 # ------------------------------------------------------------------------------ data
@@ -595,10 +615,7 @@ def build_compiled_model(cfg: Config, strategy=None, augmentation=None) -> keras
 
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        if augmentation is not None:
-            model = build_model(cfg.model, cfg.data.image_size, augmentation=augmentation)
-        else:
-            model = build_model(cfg.model, cfg.data.image_size)
+        model = build_model(cfg.model, cfg.data.image_size, augmentation=augmentation)
         compile_model(model, cfg.train)
     return model
 
@@ -790,7 +807,6 @@ def train_run(
 
     train_pos, val_pos = validation_indices(records, cfg.train, seed=int(cfg.seed))
     train_records = records.iloc[train_pos].reset_index(drop=True)
-    val_records = records.iloc[val_pos].reset_index(drop=True)
     require_two_classes(train_records, "the training part (after holding out validation)")
 
     cache = cache if cache is not None else make_image_cache(cfg, progress=progress)

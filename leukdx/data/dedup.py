@@ -108,7 +108,7 @@ def dhash_hex(img: Image.Image | np.ndarray, hash_size: int = 16) -> str:
 
 def _as_bit_matrix(hashes: Sequence[str] | np.ndarray) -> np.ndarray:
     if isinstance(hashes, np.ndarray) and hashes.dtype == bool:
-        return hashes.reshape(len(hashes), -1)
+        return hashes if hashes.ndim == 2 else hashes.reshape(len(hashes), -1)
     rows = [hex_to_bits(h) for h in hashes]
     if not rows:
         return np.zeros((0, 0), bool)
@@ -197,9 +197,11 @@ def group_id(member_sha256s: Iterable[str]) -> str:
 
 
 def _is_set(value) -> bool:
-    return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(
-        value
-    ).strip() != ""
+    return (
+        value is not None
+        and not (isinstance(value, float) and np.isnan(value))
+        and str(value).strip() != ""
+    )
 
 
 def assign_groups(records: pd.DataFrame, max_distance: int) -> pd.Series:
@@ -299,8 +301,16 @@ def duplicate_pairs(records: pd.DataFrame, max_distance: int) -> pd.DataFrame:
         for i, j, d in near_pairs(records["dhash"].astype(str).tolist(), max_distance):
             found.setdefault((i, j), d)
     rows = [
-        (i, j, paths[i], paths[j], sources[i], sources[j], d,
-         "exact" if sha[i] == sha[j] else "near")
+        (
+            i,
+            j,
+            paths[i],
+            paths[j],
+            sources[i],
+            sources[j],
+            d,
+            "exact" if sha[i] == sha[j] else "near",
+        )
         for (i, j), d in sorted(found.items())
     ]
     return pd.DataFrame(rows, columns=columns)

@@ -26,9 +26,20 @@ from leukdx.data.records import DataWarning, load_collection, with_config
 __all__ = ["INSPECT_COLUMNS", "format_inspect_table", "inspect_collection"]
 
 INSPECT_COLUMNS: tuple[str, ...] = (
-    "source", "layout", "n_healthy", "n_leukemia", "n_total", "formats",
-    "min_width", "max_width", "min_height", "max_height",
-    "exact_duplicate_pairs", "near_duplicate_pairs", "groups", "problems",
+    "source",
+    "layout",
+    "n_healthy",
+    "n_leukemia",
+    "n_total",
+    "formats",
+    "min_width",
+    "max_width",
+    "min_height",
+    "max_height",
+    "exact_duplicate_pairs",
+    "near_duplicate_pairs",
+    "groups",
+    "problems",
 )
 
 
@@ -86,29 +97,29 @@ def inspect_collection(
             problems.append("leukaemia images only (usable for training or pooled testing)")
         cross = mine[mine["source_a"] != mine["source_b"]]
         if len(cross):
-            others = sorted(
-                (set(cross["source_a"]) | set(cross["source_b"])) - {source}
-            )
+            others = sorted((set(cross["source_a"]) | set(cross["source_b"])) - {source})
             problems.append(f"{len(cross)} duplicate pair(s) shared with {', '.join(others)}")
         n_mixed = len(mixed & set(part["group"]))
         if n_mixed:
             problems.append(f"{n_mixed} group(s) hold both labels")
-        rows.append({
-            "source": source,
-            "layout": coll.layouts.get(source, ""),
-            "n_healthy": int((part["label"] == 0).sum()),
-            "n_leukemia": int((part["label"] == 1).sum()),
-            "n_total": len(part),
-            "formats": _formats(part["format"]),
-            "min_width": int(part["width"].min()) if len(part) else 0,
-            "max_width": int(part["width"].max()) if len(part) else 0,
-            "min_height": int(part["height"].min()) if len(part) else 0,
-            "max_height": int(part["height"].max()) if len(part) else 0,
-            "exact_duplicate_pairs": int((mine["kind"] == "exact").sum()),
-            "near_duplicate_pairs": int((mine["kind"] == "near").sum()),
-            "groups": int(part["group"].nunique()),
-            "problems": "; ".join(problems),
-        })
+        rows.append(
+            {
+                "source": source,
+                "layout": coll.layouts.get(source, ""),
+                "n_healthy": int((part["label"] == 0).sum()),
+                "n_leukemia": int((part["label"] == 1).sum()),
+                "n_total": len(part),
+                "formats": _formats(part["format"]),
+                "min_width": int(part["width"].min()) if len(part) else 0,
+                "max_width": int(part["width"].max()) if len(part) else 0,
+                "min_height": int(part["height"].min()) if len(part) else 0,
+                "max_height": int(part["height"].max()) if len(part) else 0,
+                "exact_duplicate_pairs": int((mine["kind"] == "exact").sum()),
+                "near_duplicate_pairs": int((mine["kind"] == "near").sum()),
+                "groups": int(part["group"].nunique()),
+                "problems": "; ".join(problems),
+            }
+        )
     table = pd.DataFrame(rows, columns=list(INSPECT_COLUMNS))
     # groups may span sources, so the collection total is not the column sum
     table.attrs["total_groups"] = int(records["group"].nunique())
@@ -138,20 +149,47 @@ def format_inspect_table(df: pd.DataFrame) -> str:
 
     Problems are listed under the table, one line per source, so the columns stay narrow.
     """
-    headers = ["source", "layout", "healthy", "leukemia", "total", "formats", "width",
-               "height", "exact", "near", "groups"]
+    headers = [
+        "source",
+        "layout",
+        "healthy",
+        "leukemia",
+        "total",
+        "formats",
+        "width",
+        "height",
+        "exact",
+        "near",
+        "groups",
+    ]
     right = {"healthy", "leukemia", "total", "exact", "near", "groups"}
     body = [
         [
-            str(r.source), str(r.layout), str(r.n_healthy), str(r.n_leukemia), str(r.n_total),
-            str(r.formats), _range(r.min_width, r.max_width), _range(r.min_height, r.max_height),
-            str(r.exact_duplicate_pairs), str(r.near_duplicate_pairs), str(r.groups),
+            str(r.source),
+            str(r.layout),
+            str(r.n_healthy),
+            str(r.n_leukemia),
+            str(r.n_total),
+            str(r.formats),
+            _range(r.min_width, r.max_width),
+            _range(r.min_height, r.max_height),
+            str(r.exact_duplicate_pairs),
+            str(r.near_duplicate_pairs),
+            str(r.groups),
         ]
         for r in df.itertuples(index=False)
     ]
     total = [
-        "TOTAL", "", str(int(df["n_healthy"].sum())), str(int(df["n_leukemia"].sum())),
-        str(int(df["n_total"].sum())), "", "", "", "", "",
+        "TOTAL",
+        "",
+        str(int(df["n_healthy"].sum())),
+        str(int(df["n_leukemia"].sum())),
+        str(int(df["n_total"].sum())),
+        "",
+        "",
+        "",
+        "",
+        "",
         str(int(df.attrs.get("total_groups", df["groups"].sum()))),
     ]
     table = [headers, *body, total]
@@ -172,6 +210,8 @@ def format_inspect_table(df: pd.DataFrame) -> str:
         out.append("Problems:")
         out.extend(f"  {source}: {text}" for source, text in problems)
     out.append("")
-    out.append("exact/near: duplicate pairs with an image in the source (dHash 16x16); "
-               "groups: units a split never cuts.")
+    out.append(
+        "exact/near: duplicate pairs with an image in the source (dHash 16x16); "
+        "groups: units a split never cuts."
+    )
     return "\n".join(out)

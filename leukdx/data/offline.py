@@ -51,16 +51,20 @@ IMAGES_FOLDER = "images"
 CLASS_FOLDERS = ("healthy", "leukemia")  # index = label
 
 
-def _input_records(collection_root_or_records, data_config: DataConfig) -> pd.DataFrame:
-    """Records table from a folder, a :class:`Collection` or a records DataFrame."""
+def _input_records(
+    collection_root_or_records, data_config: DataConfig
+) -> tuple[pd.DataFrame, Path]:
+    """Records table and the folder they come from (a folder, a Collection or a DataFrame)."""
     from leukdx.data.records import Collection, load_collection
 
     if isinstance(collection_root_or_records, pd.DataFrame):
         records = collection_root_or_records
+        root = None
     elif isinstance(collection_root_or_records, Collection):
-        records = collection_root_or_records.records
+        records, root = collection_root_or_records.records, collection_root_or_records.root
     else:
-        records = load_collection(collection_root_or_records, data_config).records
+        collection = load_collection(collection_root_or_records, data_config)
+        records, root = collection.records, collection.root
     missing = [c for c in ("path", "label", "source") if c not in records.columns]
     if missing:
         raise ValueError(
@@ -69,24 +73,30 @@ def _input_records(collection_root_or_records, data_config: DataConfig) -> pd.Da
         )
     if records.empty:
         raise ValueError("There are no records to augment.")
-    return records.reset_index(drop=True)
+    if root is None:  # the deepest folder holding every input image
+        root = Path(os.path.commonpath([str(Path(p).absolute().parent) for p in records["path"]]))
+    return records.reset_index(drop=True), Path(root).absolute()
 
 
-def _check_output(out: Path, inputs: pd.DataFrame, overwrite: bool) -> None:
+def _check_output(out: Path, input_root: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"'{out}' exists and is not a folder; choose another output.")
+    resolved, input_resolved = out.resolve(), input_root.resolve()
+    if resolved == input_resolved or input_resolved in resolved.parents:
+        raise ValueError(
+            f"The output folder '{out}' lies inside the input collection '{input_root}'; write "
+            "the augmented collection outside it (it would be read as another source)."
+        )
+    if resolved in input_resolved.parents:
+        raise ValueError(
+            f"The output folder '{out}' contains the input collection '{input_root}'; write "
+            "the augmented collection outside it."
+        )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
             f"'{out}' is not empty. Choose an empty or new folder, or pass overwrite=True "
             "(--overwrite) to write into it."
         )
-    resolved = out.resolve()
-    for path in inputs["path"].head(1000):
-        if resolved in Path(path).resolve().parents:
-            raise ValueError(
-                f"The output folder '{out}' contains input image '{path}'; write the augmented "
-                "collection outside the collection it is made from."
-            )
 
 
 def _stems(records: pd.DataFrame) -> list[str]:
@@ -172,9 +182,9 @@ def export_augmented(
         raise ValueError("preset 'none' makes no copies; use factor=1 or choose a preset.")
     if image_size is not None and int(image_size) < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
-    records = _input_records(collection_root_or_records, data_config)
+    records, input_root = _input_records(collection_root_or_records, data_config)
     out = Path(out)
-    _check_output(out, records, overwrite)
+    _check_output(out, input_root, overwrite)
 
     augmentation = None
     if factor > 1:

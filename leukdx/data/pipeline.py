@@ -177,8 +177,13 @@ class ImageCache:
 
         jobs = list(missing.items())
         desc = f"Decoding images ({jobs[0][0][1]} px)"
-        bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=None if self.progress else True,
-                   leave=False)
+        bar = tqdm(
+            total=len(jobs),
+            desc=desc,
+            unit="img",
+            disable=None if self.progress else True,
+            leave=False,
+        )
         try:
             if self.workers == 1 or len(jobs) == 1:
                 for key, path in jobs:
@@ -187,8 +192,9 @@ class ImageCache:
                 return
             with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
                 # map keeps order and re-raises the first BadImageError here
-                for (key, _), arr in zip(jobs, pool.map(lambda kp: self._decode(kp[1], kp[0]),
-                                                        jobs)):
+                for (key, _), arr in zip(
+                    jobs, pool.map(lambda kp: self._decode(kp[1], kp[0]), jobs)
+                ):
                     self._memory[key] = arr
                     bar.update(1)
         finally:
@@ -264,11 +270,14 @@ def make_dataset(
     ds = indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     if training and augmentation is not None:
         if labels_t is None:
-            ds = ds.map(lambda x: augmentation(x, training=True),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(
+                lambda x: augmentation(x, training=True), num_parallel_calls=tf.data.AUTOTUNE
+            )
         else:
-            ds = ds.map(lambda x, y: (augmentation(x, training=True), y),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(
+                lambda x, y: (augmentation(x, training=True), y),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -296,5 +305,12 @@ def dataset_from_records(
     """
     images = cache.get(records, data_config.image_size, data_config.aspect)
     labels = records["label"].to_numpy(dtype=np.float32)
-    return make_dataset(images, labels, batch_size=batch_size, training=training, seed=seed,
-                        augmentation=augmentation, expand=expand)
+    return make_dataset(
+        images,
+        labels,
+        batch_size=batch_size,
+        training=training,
+        seed=seed,
+        augmentation=augmentation,
+        expand=expand,
+    )

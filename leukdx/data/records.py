@@ -8,7 +8,9 @@ with ``data.layout`` / ``data.layouts.<source>``):
     class sub-folders, e.g. ``healthy/`` and ``leukemia/`` (names from ``data.class_aliases``,
     case-insensitive; images may sit in nested folders below a class folder).
 ``allidb``
-    the ALL-IDB file-name rule: ``Im001_1.jpg`` is leukaemia, ``Im131_0.tif`` healthy.
+    the ALL-IDB file-name rule: ``Im001_1.jpg`` is leukaemia, ``Im131_0.tif`` healthy
+    (auto-detected when every image is named ``ImNNN_Y``; when the layout is set explicitly,
+    any name ending in ``_0`` / ``_1`` counts).
 ``manifest``
     a CSV file (``data.manifest``) with columns ``path,label[,group][,origin]``; ``label`` is
     ``0``/``1`` or a class name, ``group`` ties images that must stay together (a patient, the
@@ -55,6 +57,7 @@ __all__ = [
     "COLUMNS",
     "LAYOUTS",
     "Collection",
+    "SourceFile",
     "DataError",
     "DataWarning",
     "class_alias_map",
@@ -63,17 +66,29 @@ __all__ = [
     "list_source_files",
     "load_collection",
     "require_two_classes",
+    "with_config",
 ]
 
 log = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = (
-    "path", "label", "source", "group", "sha256", "dhash", "width", "height", "format",
+    "path",
+    "label",
+    "source",
+    "group",
+    "sha256",
+    "dhash",
+    "width",
+    "height",
+    "format",
 )
 LAYOUTS: tuple[str, ...] = ("folders", "allidb", "manifest")
 LABEL_NAMES = {0: "healthy", 1: "leukaemia"}
 
-# ALL-IDB naming: ImXXX_Y.ext with Y = 1 (blast / ALL patient) or 0 (healthy).
+# ALL-IDB naming: ImXXX_Y.ext with Y = 1 (blast / ALL patient) or 0 (healthy). Auto-detection
+# asks for the strict ImNNN_Y form (a generic "cell_1.png" must not silently become a label);
+# a source set to the allidb layout accepts any name ending in _0 / _1.
+_ALLIDB_STRICT = re.compile(r"^im\d+_[01]$", re.IGNORECASE)
 _ALLIDB_STEM = re.compile(r"^.+_([01])$")
 _SCAN_COLUMNS = ["path", "size", "mtime_ns", "sha256", "dhash", "width", "height", "format"]
 _SCAN_FILE = "scan.csv"
@@ -261,13 +276,13 @@ def detect_layout(folder: str | os.PathLike, data_config: DataConfig | None = No
     images = _images_in(folder, recursive=True)
     if not images:
         raise _empty_source_error(folder)
-    if all(_ALLIDB_STEM.match(p.stem) for p in images):
+    if all(_ALLIDB_STRICT.match(p.stem) for p in images):
         return "allidb"
     names = sorted({n for names in data_config.class_aliases.values() for n in names})
     raise DataError(
         f"Cannot tell the layout of source folder '{folder}'. Expected class sub-folders "
-        f"(named one of: {', '.join(names)}; see data.class_aliases), ALL-IDB file names ending "
-        f"in _0/_1 (e.g. Im001_1.jpg), or a manifest '{data_config.manifest}' with columns "
+        f"(named one of: {', '.join(names)}; see data.class_aliases), ALL-IDB file names "
+        f"(ImNNN_1 leukaemia, ImNNN_0 healthy), or a manifest '{data_config.manifest}' with columns "
         f"path,label[,group]. Arrange the folder so, or set data.layouts.{folder.name}."
     )
 
@@ -280,7 +295,9 @@ def _empty_source_error(folder: Path) -> DataError:
 
 
 @dataclass
-class _Item:
+class SourceFile:
+    """One image listed by a layout, before scanning: its label and declared group/origin."""
+
     path: str
     label: int
     source: str
@@ -288,7 +305,7 @@ class _Item:
     origin: str | None = None
 
 
-def _list_folders(folder: Path, source: str, data_config: DataConfig) -> list[_Item]:
+def _list_folders(folder: Path, source: str, data_config: DataConfig) -> list[SourceFile]:
     aliases = class_alias_map(data_config)
     subdirs = _subdirs(folder)
     if not subdirs:
@@ -299,7 +316,7 @@ def _list_folders(folder: Path, source: str, data_config: DataConfig) -> list[_I
                 f"data.layouts.{source} to allidb or manifest."
             )
         raise _empty_source_error(folder)
-    items: list[_Item] = []
+    items: list[SourceFile] = []
     for sub in subdirs:
         label = aliases.get(sub.name.lower())
         if label is None:
@@ -314,7 +331,7 @@ def _list_folders(folder: Path, source: str, data_config: DataConfig) -> list[_I
                 f"Class folder '{sub}' of source '{source}' contains no images "
                 f"({', '.join(IMAGE_EXTENSIONS)}). Add images or remove the empty folder."
             )
-        items.extend(_Item(str(p), label, source) for p in images)
+        items.extend(SourceFile(str(p), label, source) for p in images)
     loose = _images_in(folder, recursive=False)
     if loose:
         warnings.warn(
@@ -326,7 +343,7 @@ def _list_folders(folder: Path, source: str, data_config: DataConfig) -> list[_I
     return items
 
 
-def _list_allidb(folder: Path, source: str) -> list[_Item]:
+def _list_allidb(folder: Path, source: str) -> list[SourceFile]:
     images = _images_in(folder, recursive=True)
     if not images:
         raise _empty_source_error(folder)
@@ -339,11 +356,11 @@ def _list_allidb(folder: Path, source: str) -> list[_Item]:
                 "(healthy) or _1 (leukaemia) before its extension. Rename it, move it out, or "
                 f"choose another layout with data.layouts.{source}."
             )
-        items.append(_Item(str(p), int(match.group(1)), source))
+        items.append(SourceFile(str(p), int(match.group(1)), source))
     return items
 
 
-def _list_manifest(folder: Path, source: str, data_config: DataConfig) -> list[_Item]:
+def _list_manifest(folder: Path, source: str, data_config: DataConfig) -> list[SourceFile]:
     manifest = _find_manifest(folder, data_config.manifest)
     if manifest is None:
         raise DataError(
@@ -364,7 +381,7 @@ def _list_manifest(folder: Path, source: str, data_config: DataConfig) -> list[_
     if table.empty:
         raise DataError(f"Manifest '{manifest}' of source '{source}' lists no images.")
     aliases = class_alias_map(data_config)
-    items: list[_Item] = []
+    items: list[SourceFile] = []
     seen: set[str] = set()
     for row_number, row in enumerate(table.to_dict("records"), start=2):  # line 1 = header
         rel = str(row["path"]).strip()
@@ -386,13 +403,13 @@ def _list_manifest(folder: Path, source: str, data_config: DataConfig) -> list[_
         if origin is not None and not os.path.isabs(origin):
             origin = str(folder / origin)
         group = str(row.get("group", "") or "").strip() or None
-        items.append(_Item(str(path), label, source, group, origin))
+        items.append(SourceFile(str(path), label, source, group, origin))
     return items
 
 
 def list_source_files(
     folder: str | os.PathLike, source: str, layout: str, data_config: DataConfig
-) -> list[_Item]:
+) -> list[SourceFile]:
     """The images of one source with their labels (and manifest group/origin), sorted."""
     folder = Path(folder)
     if layout == "folders":
@@ -431,8 +448,13 @@ class _ScanCache:
                 if list(df.columns) == _SCAN_COLUMNS:
                     for row in df.itertuples(index=False):
                         self.table[row.path] = (
-                            int(row.size), int(row.mtime_ns), row.sha256, row.dhash,
-                            int(row.width), int(row.height), row.format,
+                            int(row.size),
+                            int(row.mtime_ns),
+                            row.sha256,
+                            row.dhash,
+                            int(row.width),
+                            int(row.height),
+                            row.format,
                         )
             except Exception as exc:  # a damaged cache only costs a rescan
                 log.warning("Ignoring unreadable scan cache %s (%s)", self.file, exc)
@@ -466,8 +488,14 @@ def _progress_bar(total: int, desc: str, progress: bool):
     from tqdm.auto import tqdm
 
     # disable=None lets tqdm switch itself off when stderr is not a terminal (logs, CI)
-    return tqdm(total=total, desc=desc, unit="img", disable=None if progress else True,
-                file=sys.stderr, leave=False)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="img",
+        disable=None if progress else True,
+        file=sys.stderr,
+        leave=False,
+    )
 
 
 def _scan_files(
@@ -487,9 +515,10 @@ def _scan_files(
             todo.append((path, st.st_size, st.st_mtime_ns))
     if todo:
         workers = data_config.workers or os.cpu_count() or 1
-        with _progress_bar(len(todo), "Scanning images", progress) as bar, ThreadPoolExecutor(
-            max_workers=max(1, min(workers, len(todo)))
-        ) as pool:
+        with (
+            _progress_bar(len(todo), "Scanning images", progress) as bar,
+            ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool,
+        ):
             futures = {pool.submit(_scan_one, p): (p, size, mtime) for p, size, mtime in todo}
             for future in as_completed(futures):
                 path, size, mtime = futures[future]
@@ -613,7 +642,7 @@ def load_collection(
             "(or pass the folder on the command line)."
         )
 
-    items: list[_Item] = []
+    items: list[SourceFile] = []
     layouts: dict[str, str] = {}
     for name, folder in _source_folders(root_path, data_config):
         layout = data_config.layouts.get(name, data_config.layout)
@@ -642,11 +671,20 @@ def load_collection(
         if it.path not in scanned:
             continue
         sha, dh, width, height, fmt = scanned[it.path]
-        rows.append({
-            "path": it.path, "label": it.label, "source": it.source, "group": it.group,
-            "sha256": sha, "dhash": dh, "width": width, "height": height, "format": fmt,
-            "origin": it.origin,
-        })
+        rows.append(
+            {
+                "path": it.path,
+                "label": it.label,
+                "source": it.source,
+                "group": it.group,
+                "sha256": sha,
+                "dhash": dh,
+                "width": width,
+                "height": height,
+                "format": fmt,
+                "origin": it.origin,
+            }
+        )
     if not rows:
         raise DataError(f"No readable images in '{root_path}' ({len(skipped)} skipped).")
     records = pd.DataFrame(rows)
@@ -680,12 +718,11 @@ def load_collection(
         records = _subsample(records, data_config.max_per_class, seed)
 
     records = records.sort_values(["source", "path"], kind="stable").reset_index(drop=True)
-    records = records[list(COLUMNS)].astype(
-        {"label": "int64", "width": "int64", "height": "int64"}
-    )
+    records = records[list(COLUMNS)].astype({"label": "int64", "width": "int64", "height": "int64"})
     log.info("Loaded %d images from %d source(s) in %s", len(records), len(layouts), root_path)
-    return Collection(records=records, skipped=skipped, layouts=dict(sorted(layouts.items())),
-                      root=root_path)
+    return Collection(
+        records=records, skipped=skipped, layouts=dict(sorted(layouts.items())), root=root_path
+    )
 
 
 def _short(path: str) -> str:

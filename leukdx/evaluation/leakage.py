@@ -41,8 +41,10 @@ def _dhash_bits(hex_hashes: Sequence[str]) -> np.ndarray:
     """Hex dHash strings → (n, n_bytes) uint8 arrays (all hashes must have the same length)."""
     lengths = {len(h) for h in hex_hashes}
     if len(lengths) > 1:
-        raise ValueError(f"dhash values have different lengths {sorted(lengths)}; "
-                         "recompute them with the same hash size.")
+        raise ValueError(
+            f"dhash values have different lengths {sorted(lengths)}; "
+            "recompute them with the same hash size."
+        )
     return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hex_hashes])
 
 
@@ -54,7 +56,7 @@ def _near_pairs(train_hash: np.ndarray, test_hash: np.ndarray, max_distance: int
     out = []
     step = max(1, 2_000_000 // max(1, train_hash.shape[0] * train_hash.shape[1]))
     for start in range(0, test_hash.shape[0], step):
-        block = test_hash[start:start + step]
+        block = test_hash[start : start + step]
         xor = np.bitwise_xor(train_hash[:, None, :], block[None, :, :])
         distance = np.unpackbits(xor, axis=2).sum(axis=2)
         rows, cols = np.nonzero(distance <= max_distance)
@@ -65,7 +67,10 @@ def _near_pairs(train_hash: np.ndarray, test_hash: np.ndarray, max_distance: int
 
 
 def _split_problems(
-    records: pd.DataFrame, train_idx: np.ndarray, test_idx: np.ndarray, side: str,
+    records: pd.DataFrame,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    side: str,
     near_duplicate_distance: int | None,
 ) -> list[str]:
     """Human-readable problems of one train/test (or val/test) pair; empty when clean."""
@@ -80,8 +85,9 @@ def _split_problems(
     shared_rows = np.intersect1d(train_idx, test_idx)
     if shared_rows.size:
         i = int(shared_rows[0])
-        problems.append(f"{shared_rows.size} record(s) in both {side} and test sets, e.g. "
-                        f"{example(i, i)}")
+        problems.append(
+            f"{shared_rows.size} record(s) in both {side} and test sets, e.g. {example(i, i)}"
+        )
     for column, what in (("path", "file path"), ("group", "group"), ("sha256", "sha256")):
         if column not in records.columns:
             continue
@@ -93,18 +99,25 @@ def _split_problems(
             v = shared[0]
             i_train = int(train_idx[np.flatnonzero(train_values == v)[0]])
             i_test = int(test_idx[np.flatnonzero(test_values == v)[0]])
-            problems.append(f"{shared.size} {what}(s) in both {side} and test sets, e.g. "
-                            f"{what} '{v}': {example(i_train, i_test)}")
-    if near_duplicate_distance is not None and near_duplicate_distance >= 0 and (
-        "dhash" in records.columns and train_idx.size and test_idx.size
+            problems.append(
+                f"{shared.size} {what}(s) in both {side} and test sets, e.g. "
+                f"{what} '{v}': {example(i_train, i_test)}"
+            )
+    if (
+        near_duplicate_distance is not None
+        and near_duplicate_distance >= 0
+        and ("dhash" in records.columns and train_idx.size and test_idx.size)
     ):
         hashes = records["dhash"].astype(str).to_numpy()
-        pairs = _near_pairs(_dhash_bits(hashes[train_idx]), _dhash_bits(hashes[test_idx]),
-                            near_duplicate_distance)
+        pairs = _near_pairs(
+            _dhash_bits(hashes[train_idx]), _dhash_bits(hashes[test_idx]), near_duplicate_distance
+        )
         if pairs:
             r, c = pairs[0]
-            problems.append(f"near-duplicate images (dHash distance <= {near_duplicate_distance}) "
-                            f"in {side} and test sets, e.g. {example(train_idx[r], test_idx[c])}")
+            problems.append(
+                f"near-duplicate images (dHash distance <= {near_duplicate_distance}) "
+                f"in {side} and test sets, e.g. {example(train_idx[r], test_idx[c])}"
+            )
     return problems
 
 
@@ -148,8 +161,9 @@ def assert_no_leakage(
             sides.append(("validation", np.asarray(val_indices[i], dtype=np.int64)))
         for side, idx in sides + [("test", test)]:
             if idx.size and (idx.min() < 0 or idx.max() >= n):
-                raise ValueError(f"Split {_split_name(split)}: {side} positions fall outside the "
-                                 f"{n} records.")
+                raise ValueError(
+                    f"Split {_split_name(split)}: {side} positions fall outside the {n} records."
+                )
         problems = []
         for side, idx in sides:
             problems += _split_problems(records, idx, test, side, near_duplicate_distance)
@@ -159,7 +173,10 @@ def assert_no_leakage(
         split, problems = failures[0]
         more = f" ({len(failures)} of {len(splits)} splits leak.)" if len(failures) > 1 else ""
         raise LeakageError(
-            f"Leakage in split {_split_name(split)}: " + "; ".join(problems) + "." + more
+            f"Leakage in split {_split_name(split)}: "
+            + "; ".join(problems)
+            + "."
+            + more
             + " Training would see test images; regroup the records (data.near_duplicate_"
             "distance) or rebuild the splits from the records' groups."
         )
@@ -179,12 +196,13 @@ def _split_name(split: Any) -> str:
 def source_confound(records: pd.DataFrame, idx: Sequence[int] | np.ndarray | None = None) -> dict:
     """How well the source alone predicts the label (a trivial "which database?" classifier).
 
-    Each image is scored by the leukaemia share of *the other* images of its source
-    (leave-one-out, so a source of one image carries no information and scores 0.5); the image
-    is called leukaemia when that share is above 0.5, healthy below, and a tie counts as half
-    right (the expected value of a coin flip). ``balanced_accuracy`` near 1 means the classes
-    are separable by source: a model can learn the database instead of the cells. Near 0.5 the
-    source says nothing about the label.
+    Each image is called the majority class of its source; in a source with as many healthy as
+    leukaemic images the call is a coin flip and counts as half right (its expected value).
+    ``balanced_accuracy`` is then the mean of the two classes' recalls: 1.0 means the classes
+    are separable by source (every source holds one class), so a model can learn the database
+    instead of the cells; 0.5 means the source says nothing about the label. This describes the
+    make-up of the data (it is the purity of the sources weighted by class), not a fitted model;
+    ``roc_auc`` ranks images by their source's leukaemia share.
 
     Args:
         records: records table with ``source`` and ``label``.
@@ -193,8 +211,8 @@ def source_confound(records: pd.DataFrame, idx: Sequence[int] | np.ndarray | Non
     Returns:
         Dict with ``n``, ``n_sources``, ``accuracy``, ``balanced_accuracy``, ``roc_auc`` (NaN
         with one class), ``majority_baseline`` (accuracy of always predicting the larger class)
-        and ``sources``: ``{source: {"n", "healthy", "leukaemia", "majority_label",
-        "purity"}}``.
+        and ``sources``: ``{source: {"n", "healthy", "leukaemia", "majority_label" (ties:
+        0), "purity"}}`` in order of first appearance.
 
     Example:
         >>> df = pd.DataFrame({"source": ["a", "a", "b", "b"], "label": [0, 0, 1, 1]})
@@ -213,9 +231,7 @@ def source_confound(records: pd.DataFrame, idx: Sequence[int] | np.ndarray | Non
     names, inverse = np.unique(sources, return_inverse=True)
     size = np.bincount(inverse, minlength=names.size)
     positives = np.bincount(inverse, weights=labels, minlength=names.size)
-    others = size[inverse] - 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(others > 0, (positives[inverse] - labels) / others, 0.5)
+    share = positives[inverse] / size[inverse]
     # probability that the trivial classifier calls the image leukaemia
     called = np.where(share > 0.5, 1.0, np.where(share < 0.5, 0.0, 0.5))
     right = np.where(labels == 1, called, 1.0 - called)

@@ -117,16 +117,21 @@ def _cell(value: Any) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        value = float(value)
         if math.isnan(value):
             return ""
-        return repr(value)
+        # str of a NumPy scalar is the shortest text that round-trips in its own precision
+        # (float32 0.8 → "0.8", not "0.800000011920929")
+        return str(value) if isinstance(value, np.floating) else repr(float(value))
     return str(value)
 
 
 def _key_text(value: Any) -> str:
     """Key values as text; integral floats (a fold read back as 3.0) become ``"3"``."""
-    if isinstance(value, (float, np.floating)) and not math.isnan(value) and float(value).is_integer():
+    if (
+        isinstance(value, (float, np.floating))
+        and not math.isnan(value)
+        and float(value).is_integer()
+    ):
         return str(int(value))
     return _cell(value)
 
@@ -232,8 +237,9 @@ class Ledger:
         columns are numeric when every value parses, else text.
         """
         header, rows, _ = self._read_raw()
-        df = pd.DataFrame([[r.get(c, "") for c in header] for r in rows], columns=header,
-                          dtype=object)
+        df = pd.DataFrame(
+            [[r.get(c, "") for c in header] for r in rows], columns=header, dtype=object
+        )
         for column in header:
             if column in _TEXT_KEYS:
                 df[column] = df[column].astype(str)
@@ -345,8 +351,10 @@ def markdown_table(
     """
     missing = [m for m in metrics if f"{m}_mean" not in summary.columns]
     if missing:
-        raise ValueError(f"markdown_table: the summary has no column(s) "
-                         f"{', '.join(m + '_mean' for m in missing)}.")
+        raise ValueError(
+            f"markdown_table: the summary has no column(s) "
+            f"{', '.join(m + '_mean' for m in missing)}."
+        )
     unit = " (%)" if percent else ""
     names = [METRIC_ABBREVIATIONS.get(m, m) + unit for m in metrics]
     lines = ["| Approach | " + " | ".join(names) + " |", "|---" * (len(metrics) + 1) + "|"]
@@ -396,8 +404,9 @@ def write_summary(folds_csv: str | os.PathLike, out_dir: str | os.PathLike) -> t
     """
     folds = Ledger(folds_csv).read()
     if folds.empty:
-        raise ValueError(f"{folds_csv} has no finished folds to summarise; run the evaluation "
-                         "first.")
+        raise ValueError(
+            f"{folds_csv} has no finished folds to summarise; run the evaluation first."
+        )
     summary = summarize(folds)
     out_dir = Path(out_dir)
     csv_path = atomic_write_text(out_dir / "summary.csv", summary.to_csv(index=False))
@@ -407,8 +416,7 @@ def write_summary(folds_csv: str | os.PathLike, out_dir: str | os.PathLike) -> t
         f"Mean ± standard deviation over folds and runs ({len(folds)} folds rows, "
         f"{n_runs} run(s) per fold), in %. A: accuracy, P: precision, R: recall "
         "(sensitivity), S: specificity, MCC: Matthews correlation coefficient. "
-        "Best mean per test source in bold.\n\n"
-        + markdown_table(summary)
+        "Best mean per test source in bold.\n\n" + markdown_table(summary)
     )
     md_path = atomic_write_text(out_dir / "summary.md", md)
     return csv_path, md_path
@@ -446,14 +454,17 @@ def write_predictions(
     else:
         label_col = np.asarray(labels).reshape(-1).astype(np.int64)
         if label_col.size != probs.size:
-            raise ValueError(f"write_predictions: {label_col.size} labels but {probs.size} "
-                             "probabilities.")
-    df = pd.DataFrame({
-        "path": paths,
-        "label": label_col,
-        "probability": probs,
-        "prediction": (probs >= threshold).astype(np.int64),
-    })
+            raise ValueError(
+                f"write_predictions: {label_col.size} labels but {probs.size} probabilities."
+            )
+    df = pd.DataFrame(
+        {
+            "path": paths,
+            "label": label_col,
+            "probability": probs,
+            "prediction": (probs >= threshold).astype(np.int64),
+        }
+    )
     return atomic_write_text(path, df.to_csv(index=False))
 
 

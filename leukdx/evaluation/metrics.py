@@ -202,11 +202,11 @@ def metrics_from_counts(tp: Any, tn: Any, fp: Any, fn: Any) -> dict[str, Any]:
         mcc = np.where(denom > 0, (tp * tn - fp * fn) / denom, 0.0)
         observed = accuracy
         expected = (pos * pred_pos + neg * pred_neg) / (n * n)
-        kappa = np.where(
-            (n > 0) & (expected < 1), (observed - expected) / (1 - expected), 0.0
-        )
+        kappa = np.where((n > 0) & (expected < 1), (observed - expected) / (1 - expected), 0.0)
         balanced = np.where(
-            (pos > 0) & (neg > 0), (recall + specificity) / 2, np.where(pos > 0, recall, specificity)
+            (pos > 0) & (neg > 0),
+            (recall + specificity) / 2,
+            np.where(pos > 0, recall, specificity),
         )
     out = {
         "accuracy": accuracy,

@@ -112,9 +112,7 @@ def _as_labels(labels: Any, what: str = "labels") -> np.ndarray:
         raise ValueError(f"{what} is empty: there is nothing to split.")
     if not np.isin(arr, (0, 1)).all():
         bad = sorted({str(v) for v in arr[~np.isin(arr, (0, 1))]})[:5]
-        raise ValueError(
-            f"{what} must be 0 (healthy) or 1 (leukaemia); found {', '.join(bad)}."
-        )
+        raise ValueError(f"{what} must be 0 (healthy) or 1 (leukaemia); found {', '.join(bad)}.")
     return arr.astype(np.int64)
 
 
@@ -417,9 +415,11 @@ def external_splits(
             f"(available: {', '.join(known)})."
         )
     tests = [str(s) for s in test_sources]
-    trains = [s for s in known if s not in tests] if train_sources is None else [
-        str(s) for s in train_sources
-    ]
+    trains = (
+        [s for s in known if s not in tests]
+        if train_sources is None
+        else [str(s) for s in train_sources]
+    )
     for setting, names in (("evaluate.test_sources", tests), ("evaluate.train_sources", trains)):
         for name in names:
             if name not in known:
@@ -434,8 +434,9 @@ def external_splits(
             "evaluate.test_sources; an external test source must be unseen in training."
         )
     if not trains:
-        raise ValueError("external evaluation has no training sources left; list some in "
-                         "evaluate.train_sources.")
+        raise ValueError(
+            "external evaluation has no training sources left; list some in evaluate.train_sources."
+        )
     train_all = np.flatnonzero(np.isin(src, trains))
     splits = []
     for fold, name in enumerate(tests):
@@ -502,14 +503,20 @@ def _within_sources(records_sources: np.ndarray, names: Sequence[str], make) -> 
         except ValueError as exc:
             raise ValueError(f"Source '{name}': {exc}") from exc
         splits += [
-            replace(s, test_source=name, train_idx=positions[s.train_idx],
-                    test_idx=positions[s.test_idx])
+            replace(
+                s,
+                test_source=name,
+                train_idx=positions[s.train_idx],
+                test_idx=positions[s.test_idx],
+            )
             for s in inner
         ]
     return splits
 
 
-def make_splits(records: pd.DataFrame, evaluate_config: Any, seed: int = 0, *args: Any) -> list[Split]:
+def make_splits(
+    records: pd.DataFrame, evaluate_config: Any, seed: int = 0, *args: Any
+) -> list[Split]:
     """All splits of the protocol named by ``evaluate_config.protocol``.
 
     ``lodo`` and ``external`` read ``evaluate.test_sources`` / ``evaluate.train_sources``.
@@ -545,8 +552,10 @@ def make_splits(records: pd.DataFrame, evaluate_config: Any, seed: int = 0, *arg
         )
     missing = [c for c in ("source", "label") if c not in records.columns]
     if missing:
-        raise ValueError(f"records lacks column(s) {', '.join(missing)}; load it with "
-                         "leukdx.data.records.load_collection.")
+        raise ValueError(
+            f"records lacks column(s) {', '.join(missing)}; load it with "
+            "leukdx.data.records.load_collection."
+        )
     sources = records["source"].astype(str).to_numpy()
     labels = records["label"].to_numpy()
     groups = records["group"].astype(str).to_numpy() if "group" in records.columns else None

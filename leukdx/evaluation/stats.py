@@ -177,8 +177,9 @@ def corrected_resampled_t_test(
     return StatResult(t, p)
 
 
-def _resampled_metric(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, idx: np.ndarray,
-                      metric: str) -> np.ndarray:
+def _resampled_metric(
+    y: np.ndarray, prob: np.ndarray, pred: np.ndarray, idx: np.ndarray, metric: str
+) -> np.ndarray:
     """``metric`` of each resample (one row of ``idx`` per resample)."""
     if metric == "roc_auc":
         values = np.full(idx.shape[0], np.nan)
@@ -250,7 +251,9 @@ def bootstrap_ci(
     return ConfidenceInterval(float(estimate), float(low), float(high))
 
 
-def mcnemar_test(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int]) -> McNemarResult:
+def mcnemar_test(
+    y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int]
+) -> McNemarResult:
     """McNemar's test: do two classifiers err on the same test images at different rates?
 
     Only the discordant images count: ``n01`` (A right, B wrong) and ``n10`` (A wrong, B right).
@@ -277,8 +280,9 @@ def mcnemar_test(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[
     a = np.asarray(pred_a).reshape(-1)
     b = np.asarray(pred_b).reshape(-1)
     if not y.size == a.size == b.size:
-        raise ValueError(f"McNemar needs aligned arrays; got {y.size} labels, {a.size} and "
-                         f"{b.size} predictions.")
+        raise ValueError(
+            f"McNemar needs aligned arrays; got {y.size} labels, {a.size} and {b.size} predictions."
+        )
     right_a, right_b = a == y, b == y
     n01 = int(np.sum(right_a & ~right_b))
     n10 = int(np.sum(~right_a & right_b))
@@ -301,8 +305,13 @@ def _align_keys(df: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataF
     for column in columns:
         values = out[column]
         if pd.api.types.is_float_dtype(values):
-            values = values.map(lambda v: str(int(v)) if pd.notna(v) and float(v).is_integer()
-                                else ("" if pd.isna(v) else str(v)))
+            values = values.map(
+                lambda v: (
+                    str(int(v))
+                    if pd.notna(v) and float(v).is_integer()
+                    else ("" if pd.isna(v) else str(v))
+                )
+            )
         out[column] = values.fillna("").astype(str)
     if out.duplicated(list(columns)).any():
         raise ValueError(
@@ -318,11 +327,14 @@ def _mcnemar_from_predictions(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> McN
     b = _align_keys(pred_b, keys, "predictions_b")
     merged = a.merge(b, on=keys, suffixes=("_a", "_b"))
     if merged.empty:
-        raise ValueError("predictions_a and predictions_b share no images (matched on "
-                         f"{', '.join(keys)}).")
+        raise ValueError(
+            f"predictions_a and predictions_b share no images (matched on {', '.join(keys)})."
+        )
     if (merged["label_a"] != merged["label_b"]).any():
-        raise ValueError("predictions_a and predictions_b disagree on the true label of some "
-                         "images; they must come from the same test set.")
+        raise ValueError(
+            "predictions_a and predictions_b disagree on the true label of some "
+            "images; they must come from the same test set."
+        )
 
     def predicted(side: str) -> np.ndarray:
         if f"prediction_{side}" in merged.columns:
@@ -396,8 +408,9 @@ def compare_results(
     paired = paired_t_test(x, y)
     student = student_t_test(x, y)
     if "n_train_a" in merged.columns and "n_test_a" in merged.columns:
-        corrected = corrected_resampled_t_test(x, y, merged["n_train_a"].astype(float),
-                                               merged["n_test_a"].astype(float))
+        corrected = corrected_resampled_t_test(
+            x, y, merged["n_train_a"].astype(float), merged["n_test_a"].astype(float)
+        )
     else:
         corrected = _NAN
     with np.errstate(invalid="ignore"):
@@ -416,6 +429,11 @@ def compare_results(
         out[f"significant_{name}"] = bool(res.p_value < alpha)
     if predictions_a is not None and predictions_b is not None:
         mc = _mcnemar_from_predictions(predictions_a, predictions_b)
-        out.update(mcnemar_statistic=mc.statistic, mcnemar_p=mc.p_value, mcnemar_n01=mc.n01,
-                   mcnemar_n10=mc.n10, significant_mcnemar=bool(mc.p_value < alpha))
+        out.update(
+            mcnemar_statistic=mc.statistic,
+            mcnemar_p=mc.p_value,
+            mcnemar_n01=mc.n01,
+            mcnemar_n10=mc.n10,
+            significant_mcnemar=bool(mc.p_value < alpha),
+        )
     return out

@@ -90,7 +90,8 @@ def test_near_pairs_in_blocks_equals_full_matrix(bits, max_distance):
     dist = (bits[:, None, :] != bits[None, :, :]).sum(-1)
     expected = {
         (i, j, int(dist[i, j]))
-        for i in range(len(bits)) for j in range(i + 1, len(bits))
+        for i in range(len(bits))
+        for j in range(i + 1, len(bits))
         if dist[i, j] <= max_distance
     }
     assert set(near_pairs(bits, max_distance, block=4)) == expected

@@ -1,0 +1,432 @@
+"""Grad-CAM heat-maps: which parts of a smear drove a prediction (``leukdx explain``).
+
+Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization") weights each channel ``k`` of the last convolutional map ``A``
+by the spatial mean of the gradient of the class score ``y`` with respect to it,
+``alpha_k = mean_ij dy/dA_ij^k``, and keeps the positive part of the weighted sum,
+``ReLU(sum_k alpha_k A^k)``. LeukNet (Vogado et al. 2021, Figures 6 and 9) shows such maps
+over the smear images.
+
+The class score is the logit of the final sigmoid, not the probability: a confident model's
+sigmoid saturates and its gradient vanishes, while the logit's does not (the normalised map is
+otherwise the same, since the sigmoid is monotonic). For the healthy class the score is the
+negative logit.
+
+The convolutional map is the backbone's ``last_conv_layer`` (:mod:`leukdx.models.backbones`),
+found anywhere in the model: directly in it (leukdx builds its backbones into the model's own
+graph) or inside a nested backbone model.
+
+Example:
+    >>> from leukdx.explain import explain_paths, grad_cam
+    >>> heatmaps = grad_cam(model, images)             # (B, h, w) in [0, 1]
+    >>> pngs = explain_paths("runs/demo", ["smears/"], out="gradcam")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from leukdx.data.decode import BadImageError, load_image, read_image
+from leukdx.predict import CLASS_NAMES, LoadedModel, collect_image_paths, load_keras_model
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import keras
+
+__all__ = [
+    "EXPLANATIONS_CSV",
+    "explain_paths",
+    "find_last_conv_layer",
+    "grad_cam",
+    "overlay_heatmap",
+]
+
+log = logging.getLogger(__name__)
+
+EXPLANATIONS_CSV = "gradcam.csv"
+# Longest side of the saved overlays: whole-slide fields (2592 px) are shown reduced.
+MAX_OVERLAY_SIDE = 768
+
+
+# --------------------------------------------------------------------------- finding layers
+
+
+def _children(layer: Any) -> list[Any]:
+    """Sub-layers of a nested model (empty for an ordinary layer)."""
+    import keras
+
+    return list(layer.layers) if isinstance(layer, keras.Model) else []
+
+
+def _layer_path(model: Any, name: str) -> list[Any] | None:
+    """``[model, nested_model, ..., layer]`` for the layer called ``name``, or ``None``."""
+    for layer in model.layers:
+        if layer.name == name:
+            return [model, layer]
+        if _children(layer):
+            inner = _layer_path(layer, name)
+            if inner is not None:
+                return [model] + inner
+    return None
+
+
+def _is_spatial(layer: Any) -> bool:
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):
+        return False
+    return len(shape) == 4 and shape[1] is not None and shape[1] >= 1
+
+
+def find_last_conv_layer(model: Any, backbone: str | None = None) -> str:
+    """Name of the layer Grad-CAM should use.
+
+    In order: the backbone's registered ``last_conv_layer`` (when ``backbone`` is given), any
+    registered backbone's ``last_conv_layer`` present in the model, else the last layer (in
+    topological order, nested models included) with a 4-D output that is not a pooling layer.
+
+    Args:
+        model: a Keras model.
+        backbone: the model's backbone name (``model.backbone``), when known.
+
+    Returns:
+        The layer name.
+
+    Raises:
+        ValueError: the model has no convolutional map.
+    """
+    from leukdx.models import get_backbone, list_backbones
+
+    names = [backbone] if backbone else []
+    names += [b for b in list_backbones() if b != backbone]
+    for candidate in names:
+        layer_name = get_backbone(candidate).last_conv_layer
+        if _layer_path(model, layer_name) is not None:
+            return layer_name
+
+    def spatial_layers(m):
+        for layer in m.layers:
+            if _children(layer):
+                yield from spatial_layers(layer)
+            elif _is_spatial(layer) and "pool" not in type(layer).__name__.lower():
+                yield layer
+
+    found = list(spatial_layers(model))
+    if not found:
+        raise ValueError(
+            "The model has no layer with a spatial (4-D) output, so Grad-CAM has nothing to "
+            "weight; pass layer_name= explicitly."
+        )
+    return found[-1].name
+
+
+# --------------------------------------------------------------------------- the tap model
+
+
+def _logit_of(final: Any, x: Any):
+    """The final layer's output as a logit: undo a sigmoid where the model ends in one."""
+    import keras
+    from keras import ops
+
+    activation = getattr(final, "activation", None)
+    is_sigmoid = activation is keras.activations.sigmoid or getattr(
+        activation, "__name__", ""
+    ) == "sigmoid"
+    if isinstance(final, keras.layers.Dense) and is_sigmoid:
+        kernel = ops.cast(final.kernel, "float32")
+        z = ops.matmul(ops.cast(x, "float32"), kernel)
+        if final.use_bias:
+            z = z + ops.cast(final.bias, "float32")
+        return z
+    if isinstance(final, keras.layers.Activation) and is_sigmoid:
+        return ops.cast(x, "float32")
+    # No sigmoid to undo (a custom head): use its output, a monotonic score all the same.
+    return ops.cast(final(x, training=False), "float32")
+
+
+def _chain(model: Any) -> list[Any]:
+    """The layers of a model that is a single chain (each layer feeds the next), in order.
+
+    Raises:
+        ValueError: the model branches, so it cannot be re-run layer by layer.
+    """
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    for previous, layer in zip(layers, layers[1:]):
+        try:
+            connected = layer.input is previous.output
+        except (AttributeError, ValueError):
+            connected = False
+        if not connected:
+            raise ValueError(
+                f"Grad-CAM cannot re-run model '{model.name}' layer by layer: '{layer.name}' "
+                f"does not take '{previous.name}' as its only input. Build the backbone into "
+                "the model's graph (leukdx.models.build_model does) or pass layer_name= of a "
+                "layer of the top-level model."
+            )
+    return layers
+
+
+def _tap_function(model: Any, layer_name: str):
+    """``f(images) -> (conv_map, logit)`` sharing the model's weights.
+
+    A layer of the top-level graph is tapped with one functional model whose outputs are the
+    map and the final layer's input; a layer inside a nested model is tapped by running the
+    outer chain of layers and tapping the nested model recursively.
+    """
+    import keras
+
+    path = _layer_path(model, layer_name)
+    if path is None:
+        raise ValueError(
+            f"Layer '{layer_name}' is not in the model (nested models searched too)."
+        )
+    final = model.layers[-1]
+
+    if len(path) == 2:  # the layer is in the model's own graph
+        tap = keras.Model(model.inputs, [path[1].output, final.input])
+
+        def run(images):
+            conv, penultimate = tap(images, training=False)
+            return conv, _logit_of(final, penultimate)
+
+        return run
+
+    nested = path[1]
+    layers = _chain(model)
+    position = layers.index(nested)
+    before, after = layers[:position], layers[position + 1 :]
+    inner = _nested_tap(nested, path[1:], layer_name)
+
+    def run(images):
+        x = images
+        for layer in before:
+            x = layer(x, training=False)
+        conv, x = inner(x)
+        if not after:
+            raise ValueError(f"The model ends in its nested model '{nested.name}'.")
+        for layer in after[:-1]:
+            x = layer(x, training=False)
+        return conv, _logit_of(after[-1], x)
+
+    return run
+
+
+def _nested_tap(model: Any, path: list[Any], layer_name: str):
+    """``f(x) -> (conv_map, model_output)`` for a nested model on the path to the layer."""
+    import keras
+
+    if len(path) == 2:
+        tap = keras.Model(model.inputs, [path[1].output, model.output])
+        return lambda x: tap(x, training=False)
+    nested = path[1]
+    layers = _chain(model)
+    position = layers.index(nested)
+    before, after = layers[:position], layers[position + 1 :]
+    inner = _nested_tap(nested, path[1:], layer_name)
+
+    def run(x):
+        for layer in before:
+            x = layer(x, training=False)
+        conv, x = inner(x)
+        for layer in after:
+            x = layer(x, training=False)
+        return conv, x
+
+    return run
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def grad_cam(
+    model: Any,
+    image_batch: np.ndarray,
+    layer_name: str | None = None,
+    target: int | None = None,
+) -> np.ndarray:
+    """Grad-CAM heat-maps for a batch of images.
+
+    Args:
+        model: a leukdx Keras model (float32 [0, 255] input, (B, 1) sigmoid output).
+        image_batch: ``(B, S, S, 3)`` images at the model's input size, values in [0, 255].
+        layer_name: convolutional layer to explain; default :func:`find_last_conv_layer`.
+        target: class to explain, 1 (leukaemia) or 0 (healthy); ``None`` explains each
+            image's predicted class (probability >= 0.5).
+
+    Returns:
+        float32 ``(B, h, w)`` heat-maps in [0, 1] at the layer's resolution (each map divided
+        by its maximum; all zeros where no location supports the class).
+
+    Example:
+        >>> maps = grad_cam(model, images[:4], target=1)
+        >>> maps.shape                                       # (4, 7, 7) for VGG16 at 224 px
+    """
+    import tensorflow as tf
+
+    if target not in (None, 0, 1):
+        raise ValueError(f"target must be 0 (healthy), 1 (leukaemia) or None, got {target!r}.")
+    images = np.asarray(image_batch, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"image_batch must be (B, H, W, 3), got shape {images.shape}.")
+    layer_name = layer_name or find_last_conv_layer(model)
+    run = _tap_function(model, layer_name)
+
+    x = tf.constant(images)
+    with tf.GradientTape() as tape:
+        conv, logit = run(x)
+        tape.watch(conv)
+        logit = tf.reshape(tf.cast(logit, tf.float32), [-1])
+        if target is None:
+            sign = tf.where(logit >= 0.0, 1.0, -1.0)  # logit >= 0  <=>  probability >= 0.5
+        else:
+            sign = tf.fill(tf.shape(logit), 1.0 if target == 1 else -1.0)
+        score = tf.reduce_sum(sign * logit)  # images are independent: one backward pass
+    grads = tape.gradient(score, conv)
+    if grads is None:
+        raise ValueError(f"The output does not depend on layer '{layer_name}'.")
+    grads, conv = tf.cast(grads, tf.float32), tf.cast(conv, tf.float32)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # alpha_k per image
+    cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+    cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+    return np.clip(np.nan_to_num(cam), 0.0, 1.0).astype(np.float32)
+
+
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Blend a [0, 1] heat-map (any size, stretched to the image) over an RGB image, jet colours.
+
+    Args:
+        image: ``(H, W, 3)`` ``uint8``.
+        heatmap: ``(h, w)`` values in [0, 1].
+        alpha: weight of the colour map (0 = image only).
+
+    Returns:
+        ``(H, W, 3)`` ``uint8``.
+    """
+    from matplotlib import colormaps
+
+    image = np.asarray(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    field = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F")
+    field = np.asarray(field.resize((width, height), Image.Resampling.BILINEAR))
+    colours = colormaps["jet"](np.clip(field, 0.0, 1.0))[..., :3] * 255.0
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    return np.clip(blended, 0, 255).round().astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _display_image(original: np.ndarray, heatmap: np.ndarray, aspect: str, size: int):
+    """The original image (reduced to MAX_OVERLAY_SIDE) and the heat-map part covering it."""
+    height, width = original.shape[:2]
+    if aspect == "pad":
+        # The model saw the image centred on a padded square: keep the part over the image.
+        scale = size / max(height, width)
+        th, tw = max(1, round(height * scale)), max(1, round(width * scale))
+        top, left = (size - th) / 2 / size, (size - tw) / 2 / size
+        h, w = heatmap.shape
+        r0, r1 = int(np.floor(top * h)), int(np.ceil((top + th / size) * h))
+        c0, c1 = int(np.floor(left * w)), int(np.ceil((left + tw / size) * w))
+        heatmap = heatmap[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)]
+    reduce = max(height, width) / MAX_OVERLAY_SIDE
+    if reduce > 1:
+        new = (max(1, round(width / reduce)), max(1, round(height / reduce)))
+        original = np.asarray(Image.fromarray(original).resize(new, Image.Resampling.BICUBIC))
+    return original, heatmap
+
+
+def _unique_name(path: Path, used: set[str]) -> str:
+    stem = path.stem
+    name, n = f"{stem}_gradcam.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}_gradcam.png"
+    used.add(name)
+    return name
+
+
+def explain_paths(
+    model: Any,
+    images: str | os.PathLike | Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    layer_name: str | None = None,
+    target: int | None = None,
+    batch_size: int = 8,
+    alpha: float = 0.4,
+) -> list[Path]:
+    """Write a Grad-CAM overlay PNG per image, plus ``gradcam.csv`` listing them.
+
+    Each PNG is the original image (longest side at most 768 px) with the heat-map of the
+    explained class blended over it in the jet colour map (red = strongest support).
+
+    Args:
+        model: a run folder, ``.keras`` file or Keras model (a SavedModel has no layers to
+            explain).
+        images: image files and/or folders (searched recursively).
+        out: output folder (created).
+        layer_name: convolutional layer; default the backbone's ``last_conv_layer``.
+        target: 1 leukaemia, 0 healthy, ``None`` the predicted class of each image.
+        batch_size: images per Grad-CAM pass.
+        alpha: weight of the colour map in the blend.
+
+    Returns:
+        The PNG paths, in the order of the images (unreadable files are skipped and logged).
+    """
+    loaded: LoadedModel = load_keras_model(model)
+    backbone = loaded.config.model.backbone if loaded.config is not None else None
+    layer_name = layer_name or find_last_conv_layer(loaded.model, backbone)
+    size, aspect = loaded.image_size, loaded.aspect
+    files = collect_image_paths(images)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    written: list[Path] = []
+    rows: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for start in range(0, len(files), int(batch_size)):
+        chunk: Sequence[Path] = files[start : start + int(batch_size)]
+        kept, batch = [], []
+        for path in chunk:
+            try:
+                batch.append(load_image(path, size, aspect))
+                kept.append(path)
+            except BadImageError as exc:
+                log.warning("Skipped %s: %s", path, exc.reason)
+        if not batch:
+            continue
+        x = np.stack(batch)
+        from leukdx.train import predict_proba
+
+        probabilities = predict_proba(loaded.model, x)
+        heatmaps = grad_cam(loaded.model, x, layer_name=layer_name, target=target)
+        for path, heatmap, probability in zip(kept, heatmaps, probabilities):
+            original, field = _display_image(read_image(path), heatmap, aspect, size)
+            target_used = int(probability >= 0.5) if target is None else int(target)
+            png = out_dir / _unique_name(path, used)
+            Image.fromarray(overlay_heatmap(original, field, alpha)).save(png)
+            written.append(png)
+            rows.append(
+                {
+                    "path": str(path),
+                    "probability": float(probability),
+                    "label": int(probability >= loaded.threshold),
+                    "explained_class": CLASS_NAMES[target_used],
+                    "layer": layer_name,
+                    "png": png.name,
+                }
+            )
+    pd.DataFrame(
+        rows, columns=["path", "probability", "label", "explained_class", "layer", "png"]
+    ).to_csv(out_dir / EXPLANATIONS_CSV, index=False)
+    return written

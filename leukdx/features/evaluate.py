@@ -1,0 +1,415 @@
+"""Deep features + classic classifiers under the evaluation protocols (``leukdx features``).
+
+Loey et al.'s first model (AlexNet fc7 features, then DT / LD / SVM / K-NN, 10-fold) and
+LeukNet's feature-space analysis (§4.3) as one experiment, ``task: features``:
+
+1. **Classifiers** (``features.classifiers``) are evaluated by the shared evaluation runner
+   (:func:`leukdx.evaluation.runner.run_evaluation`) with :class:`FeatureTrainer` as its fold
+   trainer, so protocols, leakage checks, resume, predictions and ``folds.csv`` are exactly
+   those of fine-tuning. Each classifier is one grid configuration (``features.classifiers``
+   is added to ``evaluate.grid``, one name per point). In ``folds.csv``:
+   ``strategy = "features:<classifier>"`` (e.g. ``features:svm_cubic``), ``head`` = the feature
+   layer (``fc7``; ``<run>:<layer>`` for features of a trained run), ``backbone`` = the
+   backbone. ``train_seconds`` / ``infer_ms_per_image`` time the classifier only (features
+   come from the cache; extraction time is in ``features.json``).
+   ``summary.md`` is shaped like Loey et al.'s Table 1: one row per classifier.
+2. **Feature space** (LeukNet Table 10): for each feature set (each point of the user's
+   ``evaluate.grid``, e.g. ``features.model: [null, runs/dft, runs/mdft]``), PCA + linear SVM
+   under LODO and within-source k-fold (``evaluate.k``) on every test source
+   (``evaluate.test_sources`` or every two-class source) → ``feature_space.csv`` /
+   ``feature_space.md``.
+3. **t-SNE maps** (``features.tsne``; Figures 10-12) → ``plots/tsne__<features>__<source>.png``.
+4. **Source confound**: features → source vs. features → class accuracy →
+   ``source_confound.csv`` / ``source_confound.json`` (printed too).
+
+An empty ``features.classifiers`` runs steps 2-4 only (``configs/feature_space.yaml``).
+
+Example:
+    >>> from leukdx.config import load_config
+    >>> cfg = load_config("configs/loey_features.yaml", ["data.max_per_class=10",
+    ...                                                   "data.image_size=67"])
+    >>> folds = run_feature_evaluation(cfg, "results/loey_small")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leukdx.config import Config, ConfigError, config_to_dict, replace
+from leukdx.evaluation.ledger import (
+    FOLD_COLUMNS,
+    atomic_write_text,
+    markdown_table,
+    summarize,
+)
+from leukdx.evaluation.runner import FoldOutput, expand_grid, register_trainer, run_evaluation
+from leukdx.features.analysis import (
+    analyse_feature_space,
+    feature_space_markdown,
+    plot_feature_space,
+    source_confound_report,
+)
+from leukdx.features.classifiers import (
+    CLASSIFIER_LABELS,
+    build_classifier,
+    list_classifiers,
+    positive_probability,
+)
+from leukdx.features.extract import FeatureSet, extract_features
+from leukdx.runinfo import write_json_atomic
+
+__all__ = ["STRATEGY_PREFIX", "FeatureTrainer", "run_feature_evaluation", "table1_markdown"]
+
+log = logging.getLogger(__name__)
+
+# folds.csv ``strategy`` of a classifier on deep features: "features:<classifier>".
+STRATEGY_PREFIX = "features:"
+CLASSIFIER_GRID_KEY = "features.classifiers"
+FOLDS_FILE = "folds.csv"
+# Loey et al.'s Table 1 reports precision, recall, accuracy and specificity; MCC and ROC AUC
+# are added because they stay informative on imbalanced and cross-dataset test sets.
+TABLE1_METRICS = ("precision", "recall", "accuracy", "specificity", "mcc", "roc_auc")
+# Data settings that only change how images are decoded, not which records there are.
+_DECODE_ONLY = ("image_size", "aspect", "cache", "cache_dir", "workers")
+
+
+def _records_key(cfg: Config) -> str:
+    data = {k: v for k, v in config_to_dict(cfg.data).items() if k not in _DECODE_ONLY}
+    return json.dumps({"data": data, "seed": cfg.seed}, sort_keys=True, default=str)
+
+
+def _features_key(cfg: Config) -> str:
+    """Everything the features of a grid point depend on (not the classifier)."""
+    return _records_key(cfg) + json.dumps({
+        "features": [cfg.features.model, cfg.features.layer, cfg.features.cache_dir],
+        "model": [cfg.model.backbone, cfg.model.weights],
+        "input": [cfg.data.image_size, cfg.data.aspect],
+    }, sort_keys=True, default=str)
+
+
+def _pixel_digest(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+
+
+@register_trainer("features")
+class FeatureTrainer:
+    """Fold trainer of ``task: features``: fit one classic classifier on cached deep features.
+
+    The evaluation runner hands a trainer the fold's training records and the decoded
+    training and test images. Features are extracted once per feature set for the whole
+    collection (and cached on disk, :func:`~leukdx.features.extract.extract_features`); a
+    fold then only looks rows up: training rows by ``sha256``, test images by a hash of their
+    pixels (the runner passes test images without records, and features are a function of
+    the pixels, so identical pixels have identical features).
+
+    Args:
+        image_cache: the experiment's ImageCache (shared with the runner); one is made from
+            the config when ``None``.
+        collection: an already loaded collection used for every configuration; by default
+            each configuration's ``data`` section is loaded (once).
+    """
+
+    def __init__(self, image_cache=None, collection=None):
+        self.image_cache = image_cache
+        self.collection = collection
+        self._records: dict[str, pd.DataFrame] = {}
+        self._feature_sets: dict[str, FeatureSet] = {}
+        self._pixel_rows: dict[tuple[str, int, str], dict[bytes, int]] = {}
+        self.extract_seconds: dict[str, float] = {}
+
+    # -- data --------------------------------------------------------------------------
+    def _cache(self, cfg: Config):
+        if self.image_cache is None:
+            from leukdx.data.pipeline import ImageCache
+
+            self.image_cache = ImageCache.from_config(cfg.data)
+        return self.image_cache
+
+    def records(self, cfg: Config) -> pd.DataFrame:
+        """The records of ``cfg`` (the runner's row order: the collection's, index reset)."""
+        key = _records_key(cfg)
+        if key not in self._records:
+            if self.collection is not None:
+                collection = self.collection
+            else:
+                from leukdx.data.records import load_collection
+
+                collection = load_collection(cfg.data.root, cfg.data, progress=False,
+                                             seed=cfg.seed)
+            self._records[key] = collection.records.reset_index(drop=True)
+        return self._records[key]
+
+    def feature_set(self, cfg: Config) -> FeatureSet:
+        """The features of every record of ``cfg`` (extracted once, then memoised)."""
+        key = _features_key(cfg)
+        if key not in self._feature_sets:
+            start = time.perf_counter()
+            fs = extract_features(cfg, self.records(cfg), image_cache=self._cache(cfg))
+            self.extract_seconds[fs.name] = 0.0 if fs.from_cache else time.perf_counter() - start
+            self._feature_sets[key] = fs
+        return self._feature_sets[key]
+
+    def _rows_of_images(self, cfg: Config, images: np.ndarray) -> np.ndarray:
+        """Feature rows of decoded images, found by their pixels."""
+        key = (_records_key(cfg), int(cfg.data.image_size), cfg.data.aspect)
+        if key not in self._pixel_rows:
+            all_images = self._cache(cfg).get(self.records(cfg), cfg.data.image_size,
+                                              cfg.data.aspect)
+            self._pixel_rows[key] = {_pixel_digest(img): i for i, img in enumerate(all_images)}
+        table = self._pixel_rows[key]
+        rows = []
+        for image in images:
+            row = table.get(_pixel_digest(image))
+            if row is None:
+                raise RuntimeError(
+                    "A test image handed to the features trainer is not in the collection; the "
+                    "runner and the trainer must share data settings and image cache."
+                )
+            rows.append(row)
+        return np.asarray(rows, dtype=np.int64)
+
+    # -- FoldTrainer protocol -----------------------------------------------------------
+    @staticmethod
+    def classifier_name(cfg: Config) -> str:
+        """The single classifier of a grid point (``features.classifiers`` of length 1)."""
+        names = list(cfg.features.classifiers)
+        if len(names) != 1:
+            raise ConfigError(
+                f"The features fold trainer fits one classifier per configuration, but "
+                f"features.classifiers is {names}; run `leukdx features` "
+                "(run_feature_evaluation), which evaluates each listed classifier in turn."
+            )
+        if names[0] not in list_classifiers():
+            raise ConfigError(f"Unknown classifier '{names[0]}' in features.classifiers; "
+                              f"choose from {', '.join(list_classifiers())}.")
+        return names[0]
+
+    def key_fields(self, cfg: Config) -> dict[str, str]:
+        fs = self.feature_set(cfg)
+        head = fs.layer if fs.source.kind == "backbone" else fs.name
+        return {
+            "backbone": fs.source.backbone or fs.source.name,
+            "strategy": STRATEGY_PREFIX + self.classifier_name(cfg),
+            "head": head,
+        }
+
+    def fit_predict(
+        self,
+        cfg: Config,
+        train_records: pd.DataFrame,
+        train_images: np.ndarray,
+        test_images: np.ndarray,
+        seed: int,
+    ) -> FoldOutput:
+        fs = self.feature_set(cfg)
+        row_of = {sha: i for i, sha in enumerate(self.records(cfg)["sha256"].astype(str))}
+        train_rows = [row_of[sha] for sha in train_records["sha256"].astype(str)]
+        x_train = fs.features[train_rows]
+        y_train = train_records["label"].to_numpy().astype(int)
+        x_test = fs.features[self._rows_of_images(cfg, test_images)]
+        classifier = build_classifier(self.classifier_name(cfg), seed=int(seed) % (2**32))
+        with warnings.catch_warnings():
+            # collinear/constant features (e.g. dead ReLUs of a random network) make LDA and
+            # the solvers warn; the fold result is still what the method gives
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            start = time.perf_counter()
+            classifier.fit(x_train, y_train)
+            train_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            probabilities = positive_probability(classifier, x_test)
+            infer_ms = (time.perf_counter() - start) * 1000.0 / max(len(x_test), 1)
+        return FoldOutput(probabilities, train_seconds, infer_ms)
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def _classifier_of(strategy: str) -> str:
+    return strategy[len(STRATEGY_PREFIX):] if strategy.startswith(STRATEGY_PREFIX) else strategy
+
+
+def _strip_classifier(experiment: str) -> str:
+    """The experiment label without the ``features.classifiers=...`` grid entry."""
+    text = re.sub(r"(, )?features\.classifiers=[^,\]]*", "", experiment)
+    text = text.replace("[, ", "[").replace(" []", "")
+    return text
+
+
+def table1_markdown(folds: pd.DataFrame, title: str = "") -> str:
+    """Classifier results shaped like Loey et al.'s Table 1 (one row per classifier).
+
+    Args:
+        folds: ``folds.csv`` rows of a features evaluation.
+        title: optional heading line.
+
+    Returns:
+        Markdown: mean ± std over folds (and runs) of precision, recall, accuracy,
+        specificity, MCC and ROC AUC (%) per classifier, one block per test source.
+    """
+    display = folds.copy()
+    display["strategy"] = [
+        CLASSIFIER_LABELS.get(_classifier_of(s), _classifier_of(s)) for s in display["strategy"]
+    ]
+    display["experiment"] = display["experiment"].astype(str).map(_strip_classifier)
+    summary = summarize(display)
+    n_folds = folds.groupby(["protocol", "test_source"]).size().max() if len(folds) else 0
+    text = (
+        (f"# {title}\n\n" if title else "")
+        + "Deep features + classic classifiers (Loey et al. 2020, model 1). Mean ± standard "
+        "deviation over folds and runs, in %. P: precision, R: recall (sensitivity), "
+        "A: accuracy, S: specificity, MCC: Matthews correlation coefficient, AUC: ROC area "
+        "(SVM scores are sigmoid-mapped margins: ranking exact, not calibrated). "
+        f"Up to {int(n_folds)} fold rows per classifier. Best mean per column in bold.\n\n"
+    )
+    return text + markdown_table(summary, metrics=TABLE1_METRICS)
+
+
+def _confound_markdown(reports: list[dict[str, Any]]) -> str:
+    lines = [
+        "| Features | Source acc. (chance) | Class acc. (chance) | Class bal. acc. | "
+        "Label from source alone (bal. acc.) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r['features']} | {100 * r['source_accuracy']:.1f}% "
+            f"({100 * r['source_chance']:.1f}%) | {100 * r['class_accuracy']:.1f}% "
+            f"({100 * r['class_chance']:.1f}%) | {100 * r['class_balanced_accuracy']:.1f}% | "
+            f"{100 * r['label_from_source_balanced_accuracy']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+def _check_classifiers(cfg: Config) -> list[str]:
+    names = list(cfg.features.classifiers)
+    unknown = [n for n in names if n not in list_classifiers()]
+    if unknown:
+        raise ConfigError(f"Unknown classifier(s) {', '.join(unknown)} in features.classifiers; "
+                          f"choose from {', '.join(list_classifiers())}.")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"features.classifiers lists a classifier twice: {names}.")
+    if CLASSIFIER_GRID_KEY in cfg.evaluate.grid:
+        raise ConfigError("Put classifiers in features.classifiers, not in evaluate.grid.")
+    return names
+
+
+def _analysis_sources(cfg: Config) -> list[str] | None:
+    ev = cfg.evaluate
+    if ev.protocol in ("lodo", "kfold", "holdout") and ev.test_sources:
+        return [str(s) for s in ev.test_sources]
+    return None
+
+
+def run_feature_evaluation(
+    cfg: Config, out_dir: str | Path, *, progress: bool = True
+) -> pd.DataFrame:
+    """Evaluate classic classifiers on deep features and analyse the feature space.
+
+    Args:
+        cfg: a ``task: features`` config (see the module docstring; ``features.*``,
+            ``evaluate.*``, ``model.backbone``/``model.weights``, ``data.*``).
+        out_dir: results folder (created); re-running resumes the classifier folds.
+        progress: progress bars and the printed tables.
+
+    Returns:
+        The classifier folds (``folds.csv`` rows, :data:`~leukdx.evaluation.ledger.FOLD_COLUMNS`
+        plus ``repeat``) of this evaluation; empty when ``features.classifiers`` is empty.
+
+    Raises:
+        ConfigError: an unknown classifier or layer, an invalid grid.
+        FileNotFoundError: a missing ``features.model`` or weights file.
+    """
+    from leukdx.data.pipeline import ImageCache
+    from leukdx.data.records import load_collection
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classifiers = _check_classifiers(cfg)
+    points = expand_grid(cfg)  # one feature set per point
+    data_in_grid = any(key.startswith("data.") for key in cfg.evaluate.grid)
+    collection = None if data_in_grid else load_collection(
+        cfg.data.root, cfg.data, progress=progress, seed=cfg.seed
+    )
+    cache = ImageCache.from_config(cfg.data, progress=progress)
+    trainer = FeatureTrainer(image_cache=cache, collection=collection)
+
+    folds = pd.DataFrame(columns=list(FOLD_COLUMNS))
+    printed: list[str] = []
+    if classifiers:
+        grid = {**cfg.evaluate.grid, CLASSIFIER_GRID_KEY: [[name] for name in classifiers]}
+        eval_cfg = replace(cfg, {"evaluate.grid": grid, "task": "features"})
+        folds = run_evaluation(eval_cfg, out, cache=cache, progress=False, trainer=trainer,
+                               collection=collection)
+        if len(folds):
+            table1 = table1_markdown(folds, title=f"{cfg.name}: deep features + classifiers")
+            atomic_write_text(out / "summary.md", table1)
+            printed.append(table1)
+
+    analysis_rows, confound, feature_info = [], [], []
+    plots_dir = out / "plots"
+    for point in points:
+        pcfg = point.cfg
+        fs = trainer.feature_set(pcfg)
+        records = trainer.records(pcfg)
+        feature_info.append({
+            "features": fs.name, "grid": point.label, "kind": fs.source.kind,
+            "backbone": fs.source.backbone, "layer": fs.layer, "dim": fs.dim,
+            "image_size": fs.source.image_size, "aspect": fs.source.aspect,
+            "n_images": len(records), "cache_file": str(fs.path), "from_cache": fs.from_cache,
+            "extract_seconds": trainer.extract_seconds.get(fs.name, 0.0),
+        })
+        log.info("Feature-space analysis of %s (%d-d)", fs.name, fs.dim)
+        analysis_rows.append(analyse_feature_space(
+            fs.features, records, test_sources=_analysis_sources(pcfg), k=pcfg.evaluate.k,
+            seed=pcfg.seed, pca_components=pcfg.features.pca_components,
+            pca_above=pcfg.features.pca_above, threshold=pcfg.train.threshold, name=fs.name,
+        ))
+        confound.append(source_confound_report(
+            fs.features, records, name=fs.name, seed=pcfg.seed,
+            pca_components=pcfg.features.pca_components, pca_above=pcfg.features.pca_above,
+        ))
+        if pcfg.features.tsne:
+            plot_feature_space(fs.features, records, plots_dir, name=fs.name,
+                               sources=_analysis_sources(pcfg), seed=pcfg.seed)
+
+    table10 = pd.concat(analysis_rows, ignore_index=True)
+    atomic_write_text(out / "feature_space.csv", table10.to_csv(index=False))
+    md10 = (
+        f"# {cfg.name}: feature-space analysis (LeukNet Table 10)\n\n"
+        "Linear SVM on the features (PCA to "
+        f"{cfg.features.pca_components} components when the dimension exceeds "
+        f"{cfg.features.pca_above}). LODO: trained on every other source, tested on this one. "
+        f"k-fold: grouped, stratified {cfg.evaluate.k}-fold inside this source alone (mean "
+        "over folds). A: accuracy, P: precision, R: recall, Kappa: Cohen's kappa.\n\n"
+        + feature_space_markdown(table10)
+    )
+    atomic_write_text(out / "feature_space.md", md10)
+    printed.append(md10)
+
+    atomic_write_text(out / "source_confound.csv", pd.DataFrame(confound).to_csv(index=False))
+    write_json_atomic({"experiment": cfg.name, "reports": confound}, out / "source_confound.json")
+    md_confound = (
+        "# Source confound\n\nCross-validated accuracy of a linear classifier predicting the "
+        "source dataset from the features, next to predicting the class (grouped "
+        "5-fold).\n\n" + _confound_markdown(confound)
+    )
+    printed.append(md_confound)
+    write_json_atomic({"experiment": cfg.name, "feature_sets": feature_info},
+                      out / "features.json")
+    if progress:
+        print("\n".join(printed))
+    return folds

@@ -1,0 +1,137 @@
+"""Offline augmentation export: counts, layout, manifests, and groups that splits respect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leukdx.config import DataConfig
+from leukdx.data.decode import read_image
+from leukdx.data.offline import INDEX_FILE, export_augmented
+from leukdx.data.records import load_collection
+from leukdx.data.synth import synthesize_collection
+from leukdx.evaluation.splits import kfold_splits
+
+FACTOR = 3
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A synthetic collection (2 sources x 2 classes x 6 images) exported with Loey, factor 3."""
+    base = tmp_path_factory.mktemp("offline")
+    root = synthesize_collection(base / "collection", sources=2, per_class=6, seed=0, image_size=40)
+    config = DataConfig(cache_dir=str(base / "cache"))
+    original = load_collection(root, config, progress=False)
+    out = export_augmented(
+        root,
+        base / "augmented",
+        preset="loey",
+        factor=FACTOR,
+        seed=0,
+        data_config=config,
+        progress=False,
+    )
+    return original, out, config
+
+
+def test_writes_factor_images_per_original_including_it(exported):
+    original, out, config = exported
+    augmented = load_collection(out, config, progress=False)
+    assert len(augmented) == FACTOR * len(original)
+    assert set(augmented.layouts.values()) == {"manifest"}
+    before = original.records.groupby(["source", "label"]).size() * FACTOR
+    after = augmented.records.groupby(["source", "label"]).size()
+    pd.testing.assert_series_equal(before, after)
+
+
+def test_copy_zero_is_the_original_and_others_are_augmented(exported):
+    original, out, _ = exported
+    index = pd.read_csv(out / INDEX_FILE)
+    assert list(index.columns) == ["path", "label", "group", "source", "origin", "copy"]
+    first = original.records.iloc[0]
+    rows = index[index["origin"] == str(Path(first["path"]).absolute())].sort_values("copy")
+    assert rows["copy"].tolist() == list(range(FACTOR))
+    images = [read_image(out / p) for p in rows["path"]]
+    np.testing.assert_array_equal(images[0], read_image(first["path"]))
+    for img in images[1:]:
+        assert img.shape == images[0].shape
+        assert not np.array_equal(img, images[0])
+    assert (rows["label"] == first["label"]).all() and (rows["source"] == first["source"]).all()
+
+
+def test_per_source_manifests_point_at_existing_files(exported):
+    _, out, _ = exported
+    for source in ("source_1", "source_2"):
+        manifest = pd.read_csv(out / source / "manifest.csv")
+        assert list(manifest.columns) == ["path", "label", "group", "origin"]
+        assert all((out / source / p).is_file() for p in manifest["path"])
+        assert all(p.startswith("images/") for p in manifest["path"])
+
+
+def test_copies_share_their_originals_group_and_kfold_never_separates_them(exported):
+    original, out, config = exported
+    records = load_collection(out, config, progress=False).records
+    index = pd.read_csv(out / INDEX_FILE)
+    origin_of = {str((out / p).absolute()): o for p, o in zip(index["path"], index["origin"])}
+    origins = records["path"].map(origin_of)
+    assert origins.notna().all()
+    # one group per original family (originals here have no duplicates among themselves)
+    assert records.groupby(origins)["group"].nunique().max() == 1
+    assert records["group"].nunique() == original.records["group"].nunique()
+
+    for split in kfold_splits(records["label"], records["group"], k=4, repeats=2, seed=1):
+        train_origins = set(origins.iloc[split.train_idx])
+        test_origins = set(origins.iloc[split.test_idx])
+        assert not train_origins & test_origins, split
+
+
+def test_same_seed_writes_identical_copies(exported, tmp_path):
+    original, out, config = exported
+    again = export_augmented(
+        original.records,
+        tmp_path / "again",
+        preset="loey",
+        factor=FACTOR,
+        seed=0,
+        data_config=config,
+        progress=False,
+    )
+    index = pd.read_csv(out / INDEX_FILE)
+    for rel in index["path"].head(6):
+        assert (again / rel).read_bytes() == (out / rel).read_bytes()
+
+
+def test_image_size_resizes_before_augmenting(exported, tmp_path):
+    original, _, config = exported
+    out = export_augmented(
+        original,
+        tmp_path / "sized",
+        preset="leuknet",
+        factor=2,
+        seed=1,
+        data_config=config,
+        image_size=32,
+        progress=False,
+    )
+    index = pd.read_csv(out / INDEX_FILE)
+    assert len(index) == 2 * len(original)
+    assert all(read_image(out / p).shape == (32, 32, 3) for p in index["path"].head(4))
+
+
+def test_refuses_non_empty_output_and_bad_factor(exported, tmp_path):
+    original, out, config = exported
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_augmented(original, out, data_config=config, progress=False)
+    with pytest.raises(ValueError, match="factor"):
+        export_augmented(original, tmp_path / "x", factor=0, data_config=config, progress=False)
+
+
+def test_refuses_output_inside_or_around_the_input_collection(exported):
+    original, _, config = exported
+    for out in (original.root / "source_1" / "augmented", original.root.parent):
+        with pytest.raises(ValueError, match="outside"):
+            export_augmented(original, out, data_config=config, progress=False)
+    assert not (original.root / "source_1" / "augmented").exists()
