@@ -173,6 +173,12 @@ def _chain(model: Any) -> list[Any]:
     return layers
 
 
+def _single(inputs: list[Any]) -> Any:
+    """One input as a tensor, not a one-element list (Keras warns when a call's structure
+    differs from the model's)."""
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
 def _tap_function(model: Any, layer_name: str):
     """``f(images) -> (conv_map, logit)`` sharing the model's weights.
 
@@ -190,7 +196,7 @@ def _tap_function(model: Any, layer_name: str):
     final = model.layers[-1]
 
     if len(path) == 2:  # the layer is in the model's own graph
-        tap = keras.Model(model.inputs, [path[1].output, final.input])
+        tap = keras.Model(_single(model.inputs), [path[1].output, final.input])
 
         def run(images):
             conv, penultimate = tap(images, training=False)
@@ -223,7 +229,7 @@ def _nested_tap(model: Any, path: list[Any], layer_name: str):
     import keras
 
     if len(path) == 2:
-        tap = keras.Model(model.inputs, [path[1].output, model.output])
+        tap = keras.Model(_single(model.inputs), [path[1].output, model.output])
         return lambda x: tap(x, training=False)
     nested = path[1]
     layers = _chain(model)

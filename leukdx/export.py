@@ -94,6 +94,7 @@ __all__ = [
     "load_tflite_interpreter",
     "resize_in_graph",
     "run_tflite",
+    "signature_docs",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,8 @@ class ExportResult(list):
             tol = check.get("tolerance")
             verdict = "" if tol is None else ("  ok" if check.get("passed") else "  FAILED")
             lines.append(
-                f"  check {check['check']}: max |dP| = {check['max_abs_diff']:.2e} over "
-                f"{check['n_images']} image(s)"
+                f"  check {check['check']}: max abs diff {check['max_abs_diff']:.2e} "
+                f"{check['unit']} over {check['n_images']} image(s)"
                 + ("" if tol is None else f" (tolerance {tol:g})")
                 + verdict
             )
@@ -474,7 +475,10 @@ def check_images(
     others = [f for f in files if f.suffix.lower() not in TFLITE_DECODABLE]
     chosen = _sample_evenly(decodable, (n + 1) // 2 if others else n)
     chosen += _sample_evenly(others, n - len(chosen))
-    return chosen, f"{len(chosen)} image(s) sampled from the training collection {root}"
+    return chosen, (
+        f"{len(chosen)} image(s) sampled from the training collection {root} (they may include "
+        "training images: the checks measure numerical agreement, not accuracy)"
+    )
 
 
 def _read_checks(paths: Sequence[Path], size: int, aspect: str):
@@ -504,6 +508,7 @@ def _comparison(name: str, artifact: str, got, want, tolerance: float | None, th
         "label_agreement": float(np.mean((got >= threshold) == (want >= threshold)))
         if diff.size
         else float("nan"),
+        "unit": "probability",
         "tolerance": tolerance,
     }
     out["passed"] = None if tolerance is None else bool(diff.size and diff.max() <= tolerance)
@@ -685,7 +690,7 @@ def export_run(
                     "quantization": "dynamic range (int8 weights)" if quant else "none (float32)",
                     "signature": FIXED_SIGNATURE,
                     "input": {
-                        k: {"shape": [int(s) for s in v["shape"]], "dtype": np.dtype(v["dtype"]).name}
+                        k: f"{np.dtype(v['dtype']).name} {[int(s) for s in v['shape']]}"
                         for k, v in details.items()
                     },
                     "outputs": ["probability", "label"],
@@ -708,8 +713,8 @@ def export_run(
         artefacts["keras"] = {"path": KERAS_FILE, "loads_with": "leukdx.train.load_model"}
 
     for check in checks:
-        log.info("Export check %s: max |dP| = %.3g (%d images)", check["check"],
-                 check["max_abs_diff"], check["n_images"])
+        log.info("Export check %s: max abs diff %.3g %s (%d images)", check["check"],
+                 check["max_abs_diff"], check["unit"], check["n_images"])
     card = build_model_card(
         loaded,
         spec,

@@ -65,7 +65,7 @@ LIMITATIONS = (
     "magnifications or laboratories may be classified unreliably.",
     "Cross-dataset generalisation is limited: in leave-one-dataset-out (LODO) evaluation, "
     "accuracy on an unseen source is usually far below within-dataset accuracy (LeukNet reports "
-    "the same). Check the LODO results below, or run `leukdx evaluate` with protocol lodo.",
+    "the same). See the evaluation section, or run `leukdx evaluate` with protocol lodo.",
     "Sources differ in colour, resolution and file format; a model can learn these source "
     "signatures instead of morphology, and a source containing only one class confounds "
     "source and label.",
@@ -373,7 +373,7 @@ def render_markdown(card: dict[str, Any]) -> str:
             ("head dense units", m["head"]["dense_units"]),
             ("head dropout", m["head"]["dropout"]),
             ("parameters", m.get("parameters")),
-            ("input", f"{m['input']['image_size']}x{m['input']['image_size']} RGB, "
+            ("input", f"{m['input']['image_size']}x{m['input']['image_size']} "
                       f"{m['input']['pixels']}"),
             ("resize", m["input"]["resize"]),
             ("preprocessing", m["input"]["preprocessing"]),

@@ -817,8 +817,7 @@ def train_run(
 
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        policy = apply_precision(cfg.train.precision)
-        policy_name = getattr(policy, "name", None) or keras.mixed_precision.global_policy().name
+        policy_name = apply_precision(cfg.train.precision)
         strategy = distribution_strategy(cfg.train.distribution)
         train_ds, val_ds, model_augmentation = make_training_datasets(
             cfg, train_images, train_labels, val_images, val_labels, seed=int(cfg.seed)

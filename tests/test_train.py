@@ -31,7 +31,7 @@ def _config(root: Path, cache_dir: Path, **sections):
         "seed": 7,
         "data": {"root": str(root), "image_size": 32, "cache_dir": str(cache_dir)},
         "augment": {"preset": "none"},
-        "model": {"backbone": "mobilenet_v3_small", "strategy": "mdft", "weights": "none",
+        "model": {"backbone": "vgg16", "strategy": "mdft", "weights": "none",
                   "head": {"units": [8], "dropout": [0.0]}},
         "train": {"epochs": 2, "batch_size": 8, "optimizer": "adam", "learning_rate": 1e-3,
                   "validation_split": 0.25, "tensorboard": False, "verbose": 0,
@@ -224,19 +224,48 @@ def test_finished_run_is_not_retrained_and_other_configs_are_refused(resumed_run
         train_run(changed, out, progress=False)
 
 
-@pytest.mark.slow
-def test_validation_source_and_force_retrain(tiny_collection, tmp_path):
-    cfg = _config(tiny_collection, tmp_path / "cache",
-                  train={"epochs": 1, "validation_source": "src_c", "class_weight": "balanced"})
-    out = tmp_path / "run"
-    first = train_run(cfg, out, progress=False)
-    assert first.info["data"]["n_val"] == {"healthy": 6, "leukemia": 6}
-    assert first.info["data"]["n_train"] == {"healthy": 12, "leukemia": 12}
-    assert first.info["class_weight"] == {"0": 1.0, "1": 1.0} or first.info["class_weight"] == {
-        0: 1.0, 1: 1.0}
-    seen: list[int] = []
-    forced = train_run(cfg, out, callbacks=[_epoch_recorder(seen)], progress=False, force=True)
-    assert seen == [0] and not forced.skipped
-    bad = _config(tiny_collection, tmp_path / "cache", train={"validation_source": "nope"})
+def test_validation_source_holds_out_that_source(tiny_collection, tmp_path):
+    from leukdx.data.records import load_collection
+    from leukdx.train import validation_indices
+
+    cfg = _config(tiny_collection, tmp_path, train={"validation_source": "src_c"})
+    records = load_collection(tiny_collection, cfg.data, progress=False).records
+    train_pos, val_pos = validation_indices(records, cfg.train, seed=0)
+    assert set(records.iloc[val_pos]["source"]) == {"src_c"} and len(val_pos) == 12
+    assert "src_c" not in set(records.iloc[train_pos]["source"]) and len(train_pos) == 24
+    split = _config(tiny_collection, tmp_path, train={"validation_split": 0.25})
+    train_pos, val_pos = validation_indices(records, split.train, seed=0)
+    assert set(records.iloc[train_pos]["group"]).isdisjoint(records.iloc[val_pos]["group"])
+    assert sorted(records.iloc[val_pos]["label"].unique()) == [0, 1]
+    bad = _config(tiny_collection, tmp_path, train={"validation_source": "nope"})
     with pytest.raises(ConfigError, match="nope"):
-        train_run(bad, tmp_path / "other", progress=False)
+        validation_indices(records, bad.train, seed=0)
+
+
+def test_force_discards_a_finished_run(tiny_collection, tmp_path):
+    from leukdx.config import save_config
+    from leukdx.runinfo import write_json_atomic
+
+    cfg = _config(tiny_collection, tmp_path / "cache", train={"epochs": 1})
+    out = tmp_path / "run"
+    save_config(cfg, out / "config.yaml")
+    write_json_atomic({"status": "finished", "epochs_planned": 1, "epochs_completed": 1},
+                      out / "run.json")
+    (out / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    seen: list[int] = []
+    kept = train_run(cfg, out, callbacks=[_epoch_recorder(seen)], progress=False)
+    assert kept.skipped and seen == [] and len(kept.history) == 1
+
+    import keras
+
+    class StopAtStart(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+            raise Interrupt("stop before the first step")
+
+    with pytest.raises(Interrupt):
+        train_run(cfg, out, callbacks=[StopAtStart()], progress=False, force=True)
+    assert seen == [0]  # training started afresh from epoch 0
+    assert not (out / "run.json").exists()
+    history = out / "history.csv"
+    assert not history.exists() or "0.5" not in history.read_text()  # old epochs discarded

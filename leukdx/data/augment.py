@@ -13,24 +13,25 @@ Presets (``build_augmentation(preset, image_size, seed)``):
 ``leuknet`` (Vogado et al. 2021, §3.2)
     The paper used Keras' ``ImageDataGenerator`` with ``rotation_range=40``,
     ``width_shift_range=height_shift_range=0.2``, ``shear_range=0.2``, ``zoom_range=0.2``,
-    horizontal and vertical flips and ``fill_mode="reflect"``. :class:`RandomAffine` reproduces
-    that generator's semantics: rotation uniform in ±40°, shifts uniform in ±20 % of the width and
-    height, zoom factors drawn *independently* per axis from [0.8, 1.2], each flip with
-    probability 0.5, all composed into **one** affine map about the image centre and resampled once
-    (bilinear, reflect fill). In ``ImageDataGenerator`` ``shear_range`` is a shear *angle in
-    degrees*, so the authors' 0.2 means a shear of at most ±0.2° (under one pixel at 224 px); the
-    preset keeps that value to mirror what was actually run. Keras 3's ``RandomShear`` would read
-    0.2 as a 20 % shear about the top-left corner, which is a different (and much stronger)
-    transform, and chaining ``RandomRotation``/``RandomTranslation``/``RandomZoom``/``RandomShear``
-    resamples the image four times (blurring it four times); one composed map avoids both.
+    horizontal and vertical flips and ``fill_mode="reflect"``. :class:`RandomAffine`
+    reproduces that generator's semantics: rotation uniform in ±40°, shifts uniform in ±20 %
+    of the width and height, zoom factors drawn *independently* per axis from [0.8, 1.2], each
+    flip with probability 0.5, all composed into **one** affine map about the image centre and
+    resampled once (bilinear, reflect fill). In ``ImageDataGenerator`` ``shear_range`` is a
+    shear *angle in degrees*, so the authors' 0.2 means a shear of at most ±0.2° (under one
+    pixel at 224 px); the preset keeps that value to mirror what was actually run. Keras 3's
+    ``RandomShear`` would read 0.2 as a 20 % shear about the top-left corner, a different and
+    much stronger transform; and chaining ``RandomRotation``, ``RandomTranslation``,
+    ``RandomZoom`` and ``RandomShear`` resamples (and blurs) the image four times and is about
+    3x slower on CPU than the single composed map.
 
 ``loey`` (Loey et al. 2020, §3.1.1)
-    Each augmented image undergoes one of the paper's three operations, chosen uniformly per
-    image as in their Figure 4: a translation by 15–25 px along *both* axes (integer pixels, random
-    sign per axis), a mirror about the vertical axis, or a rotation left or right by
-    25°, 30°, …, 125°. Pixel distances are defined in the paper's 227×227 frame and scale with the
-    actual image (exact at 227 px). Uncovered areas are filled with black, as MATLAB's
-    ``imageDataAugmenter`` (the authors' tool) does.
+    The paper lists three operations and shows each on its own (their Figure 4), so each
+    augmented image undergoes **one** of them, chosen uniformly per image: a translation by
+    15–25 px along *both* axes (whole pixels, random sign per axis), a mirror about the vertical
+    axis, or a rotation left or right by 25°, 30°, …, 125°. Pixel distances refer to the
+    paper's 227×227 input and scale with the actual image (exact at 227 px). Uncovered areas
+    are black, the default fill of MATLAB (R2018a), which the authors used.
 
 ``none``
     No augmentation (``build_augmentation`` returns ``None``).
@@ -323,6 +324,9 @@ class _RandomImageLayer(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = False
+        # As for Keras' own random image layers: the projective-transform kernel and stateful
+        # seeds keep XLA off, so ``jit_compile="auto"`` does not compile a model holding them.
+        self.supports_jit = False
 
     def call(self, images, training=True):
         if not training:

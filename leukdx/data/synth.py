@@ -33,6 +33,7 @@ from __future__ import annotations
 import colorsys
 import io
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,7 +377,8 @@ def synthesize_collection(
         per_class: images per class and source.
         seed: master seed; the same arguments write byte-identical files.
         image_size: side of the square images in pixels.
-        overwrite: replace the ``source_*`` folders and README of an existing collection.
+        overwrite: write into a non-empty folder, first removing the ``source_<n>``
+            folders of an earlier synthetic collection there (other files are kept).
 
     Returns:
         The collection folder, ready for ``load_collection``.
@@ -397,10 +399,12 @@ def synthesize_collection(
         )
     styles = source_styles(sources, seed)
     root.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # drop every source of an earlier synthetic collection, even a larger one
+        for old in root.iterdir():
+            if old.is_dir() and re.fullmatch(r"source_\d+", old.name):
+                shutil.rmtree(old)
     for s_index, style in enumerate(styles):
         source_dir = root / style.name
-        if source_dir.exists():
-            shutil.rmtree(source_dir)
         for label, folder in enumerate(CLASS_FOLDERS):
             if label == 1 and style.healthy_only:
                 continue

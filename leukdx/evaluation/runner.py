@@ -620,15 +620,16 @@ def run_evaluation(
                 bar.update(1)
                 continue
             bar.set_postfix_str(f"{plan.point.label or pcfg.name} | {split.name} | run {run}")
-            images = cache.get(plan.records, pcfg.data.image_size, pcfg.data.aspect)
             train_records = plan.records.iloc[split.train_idx].reset_index(drop=True)
             test_records = plan.records.iloc[split.test_idx].reset_index(drop=True)
+            size, aspect = pcfg.data.image_size, pcfg.data.aspect
             try:
+                # decoded once per image and size by the shared cache; copied per fold
                 output = FoldOutput(*trainer.fit_predict(
-                    pcfg, train_records, images[split.train_idx], images[split.test_idx], seed
+                    pcfg, train_records, cache.get(train_records, size, aspect),
+                    cache.get(test_records, size, aspect), seed,
                 ))
             finally:
-                del images
                 _free_memory()
             probabilities = np.asarray(output.probabilities, dtype=np.float64).reshape(-1)
             if probabilities.size != len(test_records):

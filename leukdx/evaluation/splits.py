@@ -531,6 +531,7 @@ def make_splits(
         records: the records table (columns ``source``, ``label`` and, if present, ``group``).
         evaluate_config: a :class:`leukdx.config.EvaluateConfig`.
         seed: master seed (the experiment's ``seed``).
+        *args: the seed, in the protocol-first form only.
 
     Returns:
         The list of :class:`Split` with positions into ``records``.

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE
@@ -51,6 +52,7 @@ from leukdx.features.classifiers import positive_probability
 
 __all__ = [
     "FEATURE_SPACE_METRICS",
+    "GlobalScaler",
     "analyse_feature_space",
     "embedding_boundary",
     "feature_space_markdown",
@@ -70,6 +72,26 @@ FEATURE_SPACE_PROTOCOLS: tuple[str, ...] = ("lodo", "kfold")
 TSNE_PCA_COMPONENTS = 50
 
 
+class GlobalScaler(TransformerMixin, BaseEstimator):
+    """Centre the features and divide them all by one number (their root mean variance).
+
+    Unlike a per-feature StandardScaler this keeps the relative variances, so low-variance
+    principal components (mostly noise) keep their small weight, while the SVM's ``C`` still
+    sees features of unit overall scale whatever the network's activation range.
+    """
+
+    def fit(self, X, y=None):
+        X = np.asarray(X, dtype=np.float64)
+        self.mean_ = X.mean(axis=0)
+        scale = float(np.sqrt(X.var(axis=0).mean()))
+        self.scale_ = scale if scale > 0 else 1.0
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+
+
 def _pca_size(n_features: int, n_samples: int, pca_components: int, pca_above: int) -> int:
     """Components to keep (0: no PCA). PCA cannot have more components than samples."""
     if pca_components <= 0 or n_features <= pca_above:
@@ -81,7 +103,7 @@ def feature_space_pipeline(
     n_features: int, n_samples: int, pca_components: int = 100, pca_above: int = 256,
     seed: int = 0,
 ) -> Pipeline:
-    """The analysis classifier: [PCA] -> standardise -> linear SVM.
+    """The analysis classifier: [PCA] -> :class:`GlobalScaler` -> linear SVM (C = 1).
 
     Args:
         n_features: dimension of the features.
@@ -98,7 +120,7 @@ def feature_space_pipeline(
     components = _pca_size(n_features, n_samples, pca_components, pca_above)
     if components:
         steps.append(("pca", PCA(n_components=components, random_state=seed)))
-    steps += [("scale", StandardScaler()), ("svm", SVC(kernel="linear", C=1.0))]
+    steps += [("scale", GlobalScaler()), ("svm", SVC(kernel="linear", C=1.0))]
     return Pipeline(steps)
 
 
@@ -147,7 +169,8 @@ def analyse_feature_space(
         name: the feature set's name (the ``features`` column).
 
     Returns:
-        One row per test source: ``features``, ``n_features`` (dimension the SVM sees),
+        One row per test source: ``features``, ``n_features`` (dimension the SVM saw: the PCA
+        components, fewer when a training set has fewer images, or the feature dimension),
         ``test_source``, ``n_images``, then ``lodo_<metric>`` and ``kfold_<metric>`` (mean over
         folds) and ``kfold_<metric>_std`` for each of :data:`FEATURE_SPACE_METRICS`, then
         ``kfold_k`` and ``note``.
@@ -164,15 +187,15 @@ def analyse_feature_space(
     if not sources:
         raise ValueError("analyse_feature_space needs a source with both healthy and leukaemia "
                          "images to test on; none has both (set evaluate.test_sources).")
-    svm_dim = _pca_size(X.shape[1], len(X), pca_components, pca_above) or X.shape[1]
     labels = records["label"].to_numpy().astype(int)
     rows = []
     for source in sources:
         row: dict[str, Any] = {
-            "features": name, "n_features": int(svm_dim), "test_source": source,
+            "features": name, "n_features": 0, "test_source": source,
             "n_images": int((records["source"] == source).sum()),
         }
         notes = []
+        svm_dims: list[int] = []
         results: dict[str, list[dict[str, float]]] = {p: [] for p in FEATURE_SPACE_PROTOCOLS}
         k_used = _kfold_size(records[records["source"] == source], k)
         for protocol in FEATURE_SPACE_PROTOCOLS:
@@ -196,6 +219,7 @@ def analyse_feature_space(
                 model = feature_space_pipeline(X.shape[1], len(train), pca_components,
                                                pca_above, seed)
                 model.fit(X[train], labels[train])
+                svm_dims.append(int(model.named_steps["svm"].n_features_in_))
                 prob = positive_probability(model, X[test])
                 results[protocol].append(binary_metrics(labels[test], prob, threshold))
         for protocol, folds in results.items():
@@ -208,6 +232,8 @@ def analyse_feature_space(
                         row[f"kfold_{metric}_std"] = (
                             float(np.nanstd(values, ddof=1)) if values.size > 1 else np.nan
                         )
+        # PCA keeps at most as many components as training images, so report what was used.
+        row["n_features"] = max(svm_dims) if svm_dims else int(X.shape[1])
         row["kfold_k"] = int(k_used) if k_used >= 2 else 0
         row["note"] = "; ".join(notes)
         rows.append(row)
@@ -286,7 +312,7 @@ def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
     Returns:
         (N, 2) float64 embedding.
     """
-    X = StandardScaler().fit_transform(np.asarray(features, dtype=np.float64))
+    X = GlobalScaler().fit_transform(np.asarray(features, dtype=np.float64))
     n = len(X)
     components = min(TSNE_PCA_COMPONENTS, X.shape[1], n)
     if X.shape[1] > components:
@@ -306,13 +332,16 @@ def embedding_boundary(
         labels: 0/1 labels.
 
     Returns:
-        ``f(points (M, 2)) -> (M,)`` decision values (positive: leukaemia), or ``None`` when
-        only one class is present.
+        ``f(points (M, 2)) -> (M,)`` decision values (positive: leukaemia) of an SVM with
+        balanced class weights, or ``None`` when only one class is present.
     """
     y = np.asarray(labels).astype(int)
     if np.unique(y).size < 2:
         return None
-    svm = Pipeline([("scale", StandardScaler()), ("svm", SVC(kernel="linear", C=1.0))])
+    # Balanced class weights: with unequal classes an unweighted SVM in 2-D often calls every
+    # point the majority class, and there is no boundary left to draw.
+    svm = Pipeline([("scale", StandardScaler()),
+                    ("svm", SVC(kernel="linear", C=1.0, class_weight="balanced"))])
     svm.fit(np.asarray(embedding, dtype=np.float64), y)
     return svm.decision_function
 
@@ -393,7 +422,7 @@ def _linear_cv(X: np.ndarray, target: np.ndarray, groups: np.ndarray, folds: int
             components = _pca_size(X.shape[1], len(train), pca_components, pca_above)
             if components:
                 steps.append(("pca", PCA(n_components=components, random_state=seed)))
-            steps += [("scale", StandardScaler()),
+            steps += [("scale", GlobalScaler()),
                       ("linear", LogisticRegression(max_iter=2000, random_state=seed))]
             model = Pipeline(steps).fit(X[train], target[train])
             predicted[test] = model.predict(X[test])
@@ -413,7 +442,8 @@ def source_confound_report(
 ) -> dict[str, Any]:
     """How well the features predict the source dataset, next to how well they predict the class.
 
-    Both use the same linear classifier ([PCA] + standardise + logistic regression) and the same
+    Both use the same linear classifier ([PCA] + :class:`GlobalScaler` + logistic regression)
+    and the same
     grouped, stratified ``folds``-fold cross-validation (groups never cut). A source accuracy
     far above its chance level means the features encode the database (stain, camera,
     resolution) - a shortcut a classifier can exploit whenever class and source are correlated,

@@ -8,8 +8,8 @@ scikit-learn.
 
 Probabilities: :func:`positive_probability` returns P(leukaemia) for any registered
 classifier. Estimators with ``predict_proba`` (tree, LDA, k-NN, logistic regression) use it.
-The SVMs are built without Platt scaling (``probability=False``: Platt scaling runs an extra
-internal cross-validation, is randomised and can disagree with ``predict``); their
+The SVMs are built without Platt scaling (which runs an extra internal cross-validation, is
+randomised and can disagree with ``predict``), so they have no ``predict_proba``; their
 ``decision_function`` is mapped through the logistic sigmoid instead. That score is not a
 calibrated probability, but it is monotone in the SVM margin, so ranking metrics (AUC) are exact
 and a 0.5 threshold reproduces the SVM's own decisions.

@@ -263,14 +263,14 @@ def table1_markdown(folds: pd.DataFrame, title: str = "") -> str:
     ]
     display["experiment"] = display["experiment"].astype(str).map(_strip_classifier)
     summary = summarize(display)
-    n_folds = folds.groupby(["protocol", "test_source"]).size().max() if len(folds) else 0
+    n_folds = int(summary["n"].max()) if len(summary) else 0
     text = (
         (f"# {title}\n\n" if title else "")
         + "Deep features + classic classifiers (Loey et al. 2020, model 1). Mean ± standard "
         "deviation over folds and runs, in %. P: precision, R: recall (sensitivity), "
         "A: accuracy, S: specificity, MCC: Matthews correlation coefficient, AUC: ROC area "
         "(SVM scores are sigmoid-mapped margins: ranking exact, not calibrated). "
-        f"Up to {int(n_folds)} fold rows per classifier. Best mean per column in bold.\n\n"
+        f"Up to {int(n_folds)} fold results per classifier and test source. Best mean per column in bold.\n\n"
     )
     return text + markdown_table(summary, metrics=TABLE1_METRICS)
 

@@ -135,3 +135,21 @@ def test_refuses_output_inside_or_around_the_input_collection(exported):
         with pytest.raises(ValueError, match="outside"):
             export_augmented(original, out, data_config=config, progress=False)
     assert not (original.root / "source_1" / "augmented").exists()
+
+
+def test_records_without_groups_make_one_group_per_original(exported, tmp_path):
+    original, _, config = exported
+    plain = original.records[["path", "label", "source"]].head(4)
+    out = export_augmented(plain, tmp_path / "plain", preset="loey", factor=2, seed=0,
+                           data_config=config, progress=False)
+    records = load_collection(out, config, progress=False).records
+    assert len(records) == 8
+    assert records["group"].nunique() == 4
+    assert (records.groupby("group").size() == 2).all()
+
+
+def test_rejects_labels_other_than_zero_and_one(exported, tmp_path):
+    original, _, config = exported
+    bad = original.records[["path", "label", "source"]].head(2).assign(label=[0, 2])
+    with pytest.raises(ValueError, match="Labels"):
+        export_augmented(bad, tmp_path / "bad", data_config=config, progress=False)

@@ -134,3 +134,12 @@ def test_bad_arguments_are_rejected(tmp_path):
         synthesize_collection(tmp_path / "a", per_class=0)
     with pytest.raises(ValueError, match="sources"):
         synthesize_collection(tmp_path / "b", sources=0)
+
+
+def test_overwrite_replaces_an_earlier_larger_collection(tmp_path):
+    synthesize_collection(tmp_path, sources=4, per_class=1, image_size=32)
+    (tmp_path / "notes.txt").write_text("kept")
+    synthesize_collection(tmp_path, sources=2, per_class=2, image_size=32, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["source_1", "source_2"]
+    assert len(list((tmp_path / "source_1" / "healthy").iterdir())) == 2
+    assert (tmp_path / "notes.txt").read_text() == "kept"

@@ -60,10 +60,11 @@ def test_public_builders_say_where_to_get_the_data():
         assert url in leukdx_tfds.PUBLIC_BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
-def test_importing_leukdx_data_does_not_import_tfds():
+def test_importing_leukdx_data_does_not_import_tfds_or_tensorflow():
     code = (
         "import sys, leukdx.data, leukdx.data.synth, leukdx.data.offline; "
-        "assert 'tensorflow_datasets' not in sys.modules"
+        "loaded = [m for m in ('tensorflow_datasets', 'tensorflow', 'keras') if m in sys.modules]; "
+        "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

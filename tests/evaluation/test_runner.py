@@ -31,7 +31,7 @@ def _config(root: Path, tmp_path: Path, **sections) -> object:
         "seed": 3,
         "data": {"root": str(root), "image_size": 32, "cache_dir": str(tmp_path / "cache")},
         "augment": {"preset": "none"},
-        "model": {"backbone": "mobilenet_v3_small", "strategy": "mdft", "weights": "none",
+        "model": {"backbone": "vgg16", "strategy": "mdft", "weights": "none",
                   "head": {"units": [8], "dropout": [0.0]}},
         "train": {"epochs": 1, "batch_size": 8, "optimizer": "adam", "validation_split": 0.0,
                   "tensorboard": False, "verbose": 0, "precision": "float32"},
@@ -198,7 +198,7 @@ def test_kfold_fine_tuning_on_tiny_collection(tiny_collection, tmp_path):
     assert (folds[["accuracy", "mcc", "roc_auc"]].notna()).all().all()
     assert (folds["train_seconds"] > 0).all() and (folds["infer_ms_per_image"] > 0).all()
     assert list(folds.columns[: len(FOLD_KEY_COLUMNS)]) == list(FOLD_KEY_COLUMNS)
-    assert set(folds["head"]) == {"8"} and set(folds["backbone"]) == {"mobilenet_v3_small"}
+    assert set(folds["head"]) == {"8"} and set(folds["backbone"]) == {"vgg16"}
     plots = {p.name for p in (tmp_path / "r" / "plots").glob("*.png")}
     assert "metrics.png" in plots
     assert any(p.startswith("confusion__") for p in plots)

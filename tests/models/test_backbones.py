@@ -23,7 +23,7 @@ def test_registry_holds_the_papers_backbones_and_a_small_one():
 
 @pytest.mark.parametrize(
     ("typo", "nearest"),
-    [("vgg61", "vgg16"), ("resnet", "resnet50"), ("inceptionv3", "inception_v3")],
+    [("vgg_16", "vgg16"), ("resnet", "resnet50"), ("inceptionv3", "inception_v3")],
 )
 def test_unknown_backbone_error_suggests_the_nearest_name(typo, nearest):
     with pytest.raises(UnknownBackboneError) as err:
@@ -93,11 +93,24 @@ def test_spec_is_consistent(name):
         assert spec.imagenet_notop.url.endswith("/" + spec.imagenet_notop.fname)
 
 
+@pytest.fixture(scope="module")
+def min_size_base():
+    """Builds (once per module) each backbone's base at its minimum size."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            spec = get_backbone(name)
+            built[name] = spec.build((spec.min_size, spec.min_size, 3), weights="none")
+        return built[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", list_backbones())
-def test_base_builds_at_its_minimum_size_with_a_sound_block_partition(name):
+def test_base_builds_at_its_minimum_size_with_a_sound_block_partition(name, min_size_base):
     spec = get_backbone(name)
-    size = spec.min_size
-    base = spec.build((size, size, 3), weights="none")
+    base = min_size_base(name)
     assert base.output.shape[1] >= 1 and base.output.shape[2] >= 1
     last_conv = base.get_layer(spec.last_conv_layer)
     assert len(last_conv.output.shape) == 4
@@ -148,9 +161,9 @@ def test_partition_by_end_ends_blocks_at_named_layers():
     assert partition_by_end(names, ["mixed0", "mixed1"]) == [0, 0, 0, 1, 1, 1, 1]
 
 
-def test_inception_stem_ends_at_the_second_max_pooling():
+def test_inception_stem_ends_at_the_second_max_pooling(min_size_base):
     spec = get_backbone("inception_v3")
-    base = spec.build((75, 75, 3), weights="none")
+    base = min_size_base("inception_v3")
     layers = spec.base_layers(base)
     blocks = spec.layer_blocks(layers)
     stem = [layer for layer, b in zip(layers, blocks) if b == 0]

@@ -78,6 +78,9 @@ def build_tfds_collection(
         name: configuration name telling several collections apart in one ``data_dir``.
         data_config: how to read the collection (see :class:`LeukdxCollection`).
 
+    A dataset already prepared under the same ``data_dir`` and ``name`` is reused as it is;
+    delete its folder (or use another ``name``) after the collection changes.
+
     Returns:
         The prepared builder: ``builder.as_dataset(split="source_a+source_b")``;
         ``builder.info.splits`` lists the sources and their sizes.
