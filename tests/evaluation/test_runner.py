@@ -135,9 +135,16 @@ def test_interrupted_grid_resumes_without_repeating_or_losing_folds(tiny_collect
 
 
 def test_folds_never_train_on_their_test_images(tiny_collection, tmp_path):
-    cfg = _config(tiny_collection, tmp_path, evaluate={"protocol": "lodo"})
+    from leukdx.data.pipeline import ImageCache
+
+    cfg = _config(tiny_collection, tmp_path, evaluate={"protocol": "lodo", "runs": 2})
     trainer = BrightnessTrainer()
-    folds = run_evaluation(cfg, tmp_path / "r", trainer=trainer, progress=False)
+    cache = ImageCache(progress=False)
+    folds = run_evaluation(cfg, tmp_path / "r", trainer=trainer, progress=False, cache=cache)
+    # every image is used by 3 folds x 2 runs but decoded once
+    assert cache.decode_count == 36
+    folds = folds[folds["run"] == 0].reset_index(drop=True)
+    trainer.calls = trainer.calls[::2]
     assert sorted(folds["test_source"]) == ["src_a", "src_b", "src_c"]
     predictions = sorted((tmp_path / "r" / "predictions").glob("*.csv"))
     for call, (_, row) in zip(trainer.calls, folds.iterrows()):
@@ -145,7 +152,7 @@ def test_folds_never_train_on_their_test_images(tiny_collection, tmp_path):
         assert not any(p.startswith(str(test_dir)) for p in call["train_paths"])
         assert call["n_train"] == row["n_train"] == 24
     tested = pd.concat(pd.read_csv(p) for p in predictions)
-    assert len(tested) == 36 and set(tested.columns) == {"path", "label", "probability",
+    assert len(predictions) == 6 and len(tested) == 72 and set(tested.columns) == {"path", "label", "probability",
                                                          "prediction"}
     expected = tested["path"].map(lambda p: int(Path(p).parent.name == "leukemia"))
     assert (tested["label"] == expected).all()
