@@ -100,10 +100,12 @@ class Settings:
     """Sizes and counts of one bench run (``--smoke`` shrinks them to seconds)."""
 
     passes: int = 5
+    heavy_passes: int = 3                  # passes of the VGG16 measurements (seconds per step)
     pipeline_size: int = 224
     pipeline_batch: int = 32
     pipeline_per_class: int | None = 200  # per source and class: 200 + 200 + 200 + 200 = 800
     demo_size: int | None = None          # None: the demo config's own size
+    demo_overrides: tuple[str, ...] = ()   # smoke: a network whose training graph builds fast
     vgg_size: int = 224
     vgg_batch: int = 32
     warmup_steps: int = 3
@@ -121,7 +123,8 @@ class Settings:
     @classmethod
     def smoke(cls) -> Settings:
         return cls(
-            passes=1, pipeline_size=64, pipeline_batch=8, pipeline_per_class=4,
+            passes=1, heavy_passes=1, demo_overrides=("model.backbone=vgg16",),
+            pipeline_size=64, pipeline_batch=8, pipeline_per_class=4,
             demo_size=32, vgg_size=32, vgg_batch=4, warmup_steps=1, timed_steps=2,
             vgg_timed_steps=2, precision_size=32, precision_batch=4, precision_timed_steps=2,
             serving_size=32, serving_calls=5, serving_calls_batch=2, gpu_batch=4,
@@ -205,8 +208,8 @@ class Results:
             f"Keras {m['keras']}, tf-keras {m['tf_keras']}, NumPy {m['numpy']}, "
             f"leukdx {m['leukdx']}",
             f"- Platform: {m['platform']}",
-            f"- Passes per measurement: {self.settings.passes} "
-            "(median, with min-max over passes)",
+            f"- Passes per measurement: {self.settings.passes} ({self.settings.heavy_passes} for "
+            "the VGG16 training measurements); median, with min-max over passes",
             "",
         ]
         for name in BENCHMARKS:
@@ -441,7 +444,8 @@ def timed_fit(model, dataset, warmup: int, timed: int) -> float:
     any stall of the input pipeline inside it counts.
     """
     timer = step_timer()
-    model.fit(dataset, epochs=1, steps_per_epoch=warmup + timed, verbose=0, callbacks=[timer])
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup + timed, verbose=0, callbacks=[timer],
+              shuffle=False)
     ends = timer.ends
     return (ends[-1] - ends[warmup - 1]) / timed
 
@@ -487,10 +491,15 @@ def forward_flops(model, image_size: int) -> float:
         frozen = convert_variables_to_constants_v2(concrete)
         opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
         opts["output"] = "none"
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")  # the v1 profiler logs deprecation notices
+        try:
             info = tf.compat.v1.profiler.profile(
                 graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=opts
             )
+        finally:
+            logger.setLevel(level)
         return float(info.total_float_ops)
     except Exception as exc:  # the profiler is an internal API: degrade, do not fail
         log(f"  (FLOP count unavailable: {exc})")
@@ -618,7 +627,7 @@ def bench_pipeline(ctx: Context) -> None:
                 str(staged), label_mode="binary", image_size=(size, size), batch_size=batch,
                 shuffle=True, seed=seed, verbose=False,
             )
-        files = files.map(lambda x, y: (aug2(x, training=True), y),
+        files = files.map(lambda x, y, aug=aug2: (aug(x, training=True), y),
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         seen = _epoch(files)
         record("idfd", "cold", seen, time.perf_counter() - t0)
@@ -659,10 +668,12 @@ def bench_input_bound(ctx: Context) -> None:
     from leukdx.data.pipeline import make_dataset
 
     s, res = ctx.settings, ctx.results
-    demo = config_for("demo", [f"data.image_size={s.demo_size}"] if s.demo_size else [])
+    demo = config_for("demo", [*s.demo_overrides,
+                               *([f"data.image_size={s.demo_size}"] if s.demo_size else [])])
     vgg = config_for("leuknet", [f"data.image_size={s.vgg_size}",
                                  f"train.batch_size={s.vgg_batch}"])
-    cases = [("demo config", demo, s.timed_steps), ("VGG16 LeukNet", vgg, s.vgg_timed_steps)]
+    cases = [("demo config", demo, s.timed_steps, s.passes),
+             ("VGG16 LeukNet", vgg, s.vgg_timed_steps, s.heavy_passes)]
     res.note(
         "input_bound",
         "Training step time with batches from leukdx's pipeline (cached images, LeukNet "
@@ -672,7 +683,7 @@ def bench_input_bound(ctx: Context) -> None:
         "warm-up steps; the two feeds alternate. Mixed precision follows the config (`auto`).",
     )
     records = ctx.collection().records
-    for label, cfg, timed in cases:
+    for label, cfg, timed, passes in cases:
         size, batch = cfg.data.image_size, cfg.train.batch_size
         need = batch * (s.warmup_steps + timed)
         part = sample_batch_source(records, min(need, len(records)), seed=0)
@@ -686,14 +697,14 @@ def bench_input_bound(ctx: Context) -> None:
         ).repeat()
         memory = in_memory_dataset(images, labels, batch)
         t_real, t_mem = [], []
-        for p in range(s.passes):
+        for p in range(passes):
             feeds = [("real", real), ("memory", memory)]
             if p % 2:
                 feeds.reverse()
             for name, ds in feeds:
                 seconds = timed_fit(model, ds, s.warmup_steps, timed)
                 (t_real if name == "real" else t_mem).append(seconds)
-            log(f"  pass {p + 1}/{s.passes}: pipeline {t_real[-1] * 1e3:.1f} ms/step, "
+            log(f"  pass {p + 1}/{passes}: pipeline {t_real[-1] * 1e3:.1f} ms/step, "
                 f"in-memory {t_mem[-1] * 1e3:.1f} ms/step")
         desc = f"{cfg.model.backbone} {cfg.model.strategy} {size} px, batch {batch}, {policy}"
         res.add(measured_row("input_bound", f"{label}: step fed by leukdx pipeline", "step time",
@@ -714,7 +725,8 @@ def bench_serving(ctx: Context) -> None:
     from leukdx.predict import load_predictor
 
     s, res = ctx.settings, ctx.results
-    cfg = config_for("demo", [f"data.image_size={s.serving_size}"] if s.serving_size else [])
+    cfg = config_for("demo", [*s.demo_overrides,
+                              *([f"data.image_size={s.serving_size}"] if s.serving_size else [])])
     size = cfg.data.image_size
     model, policy = build_model_for(cfg, "float32")
     log(f"serving: {cfg.model.backbone} {size} px (untrained weights; speed only)")
@@ -780,7 +792,7 @@ def bench_precision(ctx: Context) -> None:
     images = ctx.cache().get(part, size, cfg.data.aspect)
     labels = part["label"].to_numpy(np.float32)
     data = in_memory_dataset(images, labels, batch)
-    auto = str(getattr(resolve_precision("auto"), "name", resolve_precision("auto")))
+    auto = resolve_precision("auto")
     models = {}
     for name in ("float32", "auto"):
         models[name] = build_model_for(cfg, name)
@@ -795,13 +807,13 @@ def bench_precision(ctx: Context) -> None:
            if math.isfinite(flops) else ""),
     )
     speed: dict[str, list[float]] = {"float32": [], "auto": []}
-    for p in range(s.passes):
+    for p in range(s.heavy_passes):
         order = ["float32", "auto"] if p % 2 == 0 else ["auto", "float32"]
         for name in order:
             model, _ = models[name]
             seconds = timed_fit(model, data, s.warmup_steps, s.precision_timed_steps)
             speed[name].append(batch / seconds)
-        log(f"  pass {p + 1}/{s.passes}: float32 {speed['float32'][-1]:.1f}, "
+        log(f"  pass {p + 1}/{s.heavy_passes}: float32 {speed['float32'][-1]:.1f}, "
             f"{auto} {speed['auto'][-1]:.1f} images/s")
     for name in ("float32", "auto"):
         policy = models[name][1]
@@ -809,8 +821,8 @@ def bench_precision(ctx: Context) -> None:
         if math.isfinite(flops):
             tflops = [3 * flops * v / 1e12 for v in speed[name]]
             notes = f"achieved {statistics.median(tflops):.3f} TFLOP/s"
-        row = measured_row("precision", f"VGG16 training, {policy}", "throughput", "images/s",
-                           speed[name], notes=notes)
+        case = "VGG16 training, float32" if name == "float32" else f"VGG16 training, auto = {policy}"
+        row = measured_row("precision", case, "throughput", "images/s", speed[name], notes=notes)
         if name == "auto":
             row.ratio = statistics.median(a / b for a, b in zip(speed["auto"], speed["float32"]))
             row.ratio_of = "float32"
@@ -850,7 +862,7 @@ def bench_gpu(ctx: Context) -> None:
            if math.isfinite(flops) else ""),
     )
     speed: dict[str, list[float]] = {k: [] for k in models}
-    for p in range(s.passes):
+    for p in range(s.heavy_passes):
         names = list(models) if p % 2 == 0 else list(reversed(models))
         for name in names:
             seconds = timed_fit(models[name][0], memory, s.warmup_steps, s.gpu_timed_steps)
@@ -872,7 +884,7 @@ def bench_gpu(ctx: Context) -> None:
     real = make_dataset(images, labels, batch_size=batch, training=True, seed=cfg.seed,
                         augmentation=build_augmentation("leuknet", size, seed=cfg.seed)).repeat()
     t_real, t_mem = [], []
-    for p in range(s.passes):
+    for p in range(s.heavy_passes):
         feeds = [("real", real), ("memory", memory)]
         if p % 2:
             feeds.reverse()
@@ -908,7 +920,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=None,
                         help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--passes", type=int, default=None,
-                        help="passes per measurement (default 5; 1 with --smoke)")
+                        help="passes per measurement (default 5, and 3 for the slow VGG16 "
+                        "training measurements; 1 with --smoke)")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long run with tiny sizes (CI); numbers are not meaningful")
     parser.add_argument("--work", default=None,
@@ -938,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     settings = Settings.smoke() if args.smoke else Settings()
     if args.passes is not None:
-        settings.passes = args.passes
+        settings.passes = settings.heavy_passes = args.passes
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,12 +86,21 @@ def _is_spatial(layer: Any) -> bool:
     return len(shape) == 4 and shape[1] is not None and shape[1] >= 1
 
 
+def _flat_layers(model: Any) -> list[Any]:
+    """Every layer in topological order, nested models expanded in place."""
+    out = []
+    for layer in model.layers:
+        out += _flat_layers(layer) if _children(layer) else [layer]
+    return out
+
+
 def find_last_conv_layer(model: Any, backbone: str | None = None) -> str:
     """Name of the layer Grad-CAM should use.
 
-    In order: the backbone's registered ``last_conv_layer`` (when ``backbone`` is given), any
-    registered backbone's ``last_conv_layer`` present in the model, else the last layer (in
-    topological order, nested models included) with a 4-D output that is not a pooling layer.
+    In order: the backbone's registered ``last_conv_layer`` (``backbone`` given, or read from
+    the ``<backbone>_<strategy>`` name leukdx gives its models); else the deepest layer that
+    is some registered backbone's ``last_conv_layer``; else the last layer (nested models
+    included) with a 4-D output that is not a pooling layer.
 
     Args:
         model: a Keras model.
@@ -102,29 +112,36 @@ def find_last_conv_layer(model: Any, backbone: str | None = None) -> str:
     Raises:
         ValueError: the model has no convolutional map.
     """
-    from leukdx.models import get_backbone, list_backbones
+    from leukdx.models import get_backbone, list_backbones, model_backbone
 
-    names = [backbone] if backbone else []
-    names += [b for b in list_backbones() if b != backbone]
-    for candidate in names:
-        layer_name = get_backbone(candidate).last_conv_layer
-        if _layer_path(model, layer_name) is not None:
-            return layer_name
+    if backbone is None:
+        try:
+            backbone = model_backbone(model).name
+        except ValueError:
+            backbone = None
+    if backbone is not None:
+        name = get_backbone(backbone).last_conv_layer
+        if _layer_path(model, name) is not None:
+            return name
 
-    def spatial_layers(m):
-        for layer in m.layers:
-            if _children(layer):
-                yield from spatial_layers(layer)
-            elif _is_spatial(layer) and "pool" not in type(layer).__name__.lower():
-                yield layer
+    layers = _flat_layers(model)
+    position = {layer.name: i for i, layer in enumerate(layers)}
+    registered = {get_backbone(b).last_conv_layer for b in list_backbones()}
+    present = [name for name in registered if name in position]
+    if present:
+        # e.g. VGG19 also has VGG16's block5_conv3: the deepest one is the last conv map
+        return max(present, key=position.__getitem__)
 
-    found = list(spatial_layers(model))
-    if not found:
+    spatial = [
+        layer for layer in layers
+        if _is_spatial(layer) and "pool" not in type(layer).__name__.lower()
+    ]
+    if not spatial:
         raise ValueError(
             "The model has no layer with a spatial (4-D) output, so Grad-CAM has nothing to "
             "weight; pass layer_name= explicitly."
         )
-    return found[-1].name
+    return spatial[-1].name
 
 
 # --------------------------------------------------------------------------- the tap model
@@ -147,30 +164,8 @@ def _logit_of(final: Any, x: Any):
         return z
     if isinstance(final, keras.layers.Activation) and is_sigmoid:
         return ops.cast(x, "float32")
-    # No sigmoid to undo (a custom head): use its output, a monotonic score all the same.
+    # No sigmoid to undo (a custom head): its output is a monotonic score all the same.
     return ops.cast(final(x, training=False), "float32")
-
-
-def _chain(model: Any) -> list[Any]:
-    """The layers of a model that is a single chain (each layer feeds the next), in order.
-
-    Raises:
-        ValueError: the model branches, so it cannot be re-run layer by layer.
-    """
-    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    for previous, layer in zip(layers, layers[1:]):
-        try:
-            connected = layer.input is previous.output
-        except (AttributeError, ValueError):
-            connected = False
-        if not connected:
-            raise ValueError(
-                f"Grad-CAM cannot re-run model '{model.name}' layer by layer: '{layer.name}' "
-                f"does not take '{previous.name}' as its only input. Build the backbone into "
-                "the model's graph (leukdx.models.build_model does) or pass layer_name= of a "
-                "layer of the top-level model."
-            )
-    return layers
 
 
 def _single(inputs: list[Any]) -> Any:
@@ -179,73 +174,71 @@ def _single(inputs: list[Any]) -> Any:
     return inputs[0] if len(inputs) == 1 else inputs
 
 
-def _tap_function(model: Any, layer_name: str):
-    """``f(images) -> (conv_map, logit)`` sharing the model's weights.
+def _tapped(model: Any, path: list[Any], top: bool) -> Any:
+    """A functional model, sharing ``model``'s weights, whose outputs are the map of
+    ``path[-1]`` and the input of the final layer (``top``) or ``model``'s output (nested).
 
-    A layer of the top-level graph is tapped with one functional model whose outputs are the
-    map and the final layer's input; a layer inside a nested model is tapped by running the
-    outer chain of layers and tapping the nested model recursively.
+    The model's graph is re-run with the same layers (``clone_model`` with an identity
+    ``clone_function``); a ``call_function`` records the tensors Grad-CAM needs and, when the
+    layer lives in a nested model, swaps that model for a tapped copy of it (recursively).
     """
     import keras
 
-    path = _layer_path(model, layer_name)
-    if path is None:
-        raise ValueError(
-            f"Layer '{layer_name}' is not in the model (nested models searched too)."
-        )
+    target = path[1]
     final = model.layers[-1]
+    inner = _tapped(target, path[1:], top=False) if len(path) > 2 else None
+    record: dict[str, Any] = {}
 
-    if len(path) == 2:  # the layer is in the model's own graph
-        tap = keras.Model(_single(model.inputs), [path[1].output, final.input])
+    def call_function(layer, *args, **kwargs):
+        if top and layer is final:
+            record["penultimate"] = args[0]
+        if layer is target and inner is not None:
+            record["conv"], out = inner(*args, **kwargs)
+            return out
+        out = layer(*args, **kwargs)
+        if layer is target:
+            record["conv"] = out
+        return out
+
+    if isinstance(model, keras.Sequential):  # a chain: call the layers in order
+        reference = model.inputs[0]
+        inputs = keras.Input(batch_shape=reference.shape, dtype=reference.dtype)
+        x = inputs
+        for layer in model.layers:
+            x = call_function(layer, x)
+        outputs = x
+    else:
+        clone = keras.models.clone_model(
+            model, clone_function=lambda layer: layer, call_function=call_function
+        )
+        inputs, outputs = _single(clone.inputs), clone.outputs[0]
+    if "conv" not in record:
+        raise ValueError(f"Layer '{target.name}' is not on the path to the model's output.")
+    return keras.Model(inputs, [record["conv"], record["penultimate"] if top else outputs])
+
+
+# Tapped models already built: building one re-runs the graph, so explain_paths builds it once.
+_TAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tap_function(model: Any, layer_name: str):
+    """``f(images) -> (conv_map, logit)`` sharing the model's weights."""
+    taps = _TAPS.setdefault(model, {})
+    if layer_name not in taps:
+        path = _layer_path(model, layer_name)
+        if path is None:
+            raise ValueError(
+                f"Layer '{layer_name}' is not in the model (nested models searched too)."
+            )
+        tap = _tapped(model, path, top=True)
+        final = model.layers[-1]
 
         def run(images):
             conv, penultimate = tap(images, training=False)
             return conv, _logit_of(final, penultimate)
 
-        return run
-
-    nested = path[1]
-    layers = _chain(model)
-    position = layers.index(nested)
-    before, after = layers[:position], layers[position + 1 :]
-    inner = _nested_tap(nested, path[1:], layer_name)
-
-    def run(images):
-        x = images
-        for layer in before:
-            x = layer(x, training=False)
-        conv, x = inner(x)
-        if not after:
-            raise ValueError(f"The model ends in its nested model '{nested.name}'.")
-        for layer in after[:-1]:
-            x = layer(x, training=False)
-        return conv, _logit_of(after[-1], x)
-
-    return run
-
-
-def _nested_tap(model: Any, path: list[Any], layer_name: str):
-    """``f(x) -> (conv_map, model_output)`` for a nested model on the path to the layer."""
-    import keras
-
-    if len(path) == 2:
-        tap = keras.Model(_single(model.inputs), [path[1].output, model.output])
-        return lambda x: tap(x, training=False)
-    nested = path[1]
-    layers = _chain(model)
-    position = layers.index(nested)
-    before, after = layers[:position], layers[position + 1 :]
-    inner = _nested_tap(nested, path[1:], layer_name)
-
-    def run(x):
-        for layer in before:
-            x = layer(x, training=False)
-        conv, x = inner(x)
-        for layer in after:
-            x = layer(x, training=False)
-        return conv, x
-
-    return run
+        taps[layer_name] = run
+    return taps[layer_name]
 
 
 # --------------------------------------------------------------------------- Grad-CAM

@@ -86,6 +86,7 @@ __all__ = [
     "TFLITE_DECODABLE",
     "TOLERANCES",
     "ServingSpec",
+    "as_float32",
     "build_export_archive",
     "check_images",
     "export_run",
@@ -292,6 +293,46 @@ def signature_docs(spec: ServingSpec) -> dict[str, dict[str, Any]]:
             "notes": "no resize; the TFLite files use this signature",
         },
     }
+
+
+def _policy_name(layer: Any) -> str:
+    policy = getattr(layer, "dtype_policy", None)
+    return str(getattr(policy, "name", "float32"))
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """The model with every layer computing in float32 (same weights).
+
+    A model trained under ``mixed_bfloat16`` or ``mixed_float16`` keeps that policy in its
+    layers; TFLite cannot convert bfloat16 operations, and float32 is the exact reference for
+    serving. Variables of mixed-precision layers are float32 already, so the weights copy over
+    unchanged. A float32 model is returned as is.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        ``model`` itself, or a float32 clone of it.
+    """
+    import keras
+
+    def all_layers(m):
+        for layer in m.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from all_layers(layer)
+
+    if all(_policy_name(layer) == "float32" for layer in all_layers(model)):
+        return model
+
+    def float32_layer(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def build_export_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportArchive:
@@ -642,7 +683,11 @@ def export_run(
     out_dir = Path(out) if out is not None else _default_out(run_dir_or_model, loaded)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = ServingSpec(loaded.image_size, loaded.aspect, loaded.threshold)
-    model = loaded.model
+    # Exported graphs compute in float32 whatever the training precision (TFLite has no
+    # bfloat16); the Keras reference of the checks is that same float32 model.
+    model = as_float32(loaded.model)
+    if model is not loaded.model:
+        log.info("The model was trained with a mixed precision policy; exporting it in float32.")
 
     check_paths, check_source = check_images(loaded, images, n_check)
     check_paths, batch, originals = _read_checks(check_paths, spec.image_size, spec.aspect)
@@ -652,6 +697,15 @@ def export_run(
         from leukdx.train import predict_proba
 
         reference = predict_proba(model, batch)
+        if model is not loaded.model:
+            checks.append(
+                _comparison(
+                    "float32_vs_training_precision",
+                    f"float32 model vs the model in its training policy "
+                    f"({_policy_name(loaded.model.layers[-2])})",
+                    reference, predict_proba(loaded.model, batch), None, spec.threshold,
+                )
+            )
         pixel_check = _resize_pixel_check(batch, originals, spec)
         if pixel_check is not None:
             checks.append(pixel_check)

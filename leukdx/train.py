@@ -87,6 +87,7 @@ TENSORBOARD_DIR = "tensorboard"
 # what is being trained (how long, how verbose, where decoded images are cached).
 RESUMABLE_CHANGES = frozenset(
     {
+        "name",
         "train.epochs",
         "train.verbose",
         "train.tensorboard",
@@ -109,7 +110,7 @@ class RunResult:
     """What :func:`train_run` produced.
 
     Attributes:
-        out_dir: the run folder.
+        run_dir: the run folder.
         info: the contents of ``run.json``.
         history: ``history.csv`` as a DataFrame (one row per epoch).
         model: the trained model with the best checkpoint's weights; ``None`` when the run
@@ -118,7 +119,7 @@ class RunResult:
         resumed_from_epoch: epochs already done before this call (0 for a fresh run).
     """
 
-    out_dir: Path
+    run_dir: Path
     info: dict[str, Any]
     history: pd.DataFrame
     model: keras.Model | None = None
@@ -129,7 +130,7 @@ class RunResult:
     @property
     def model_path(self) -> Path:
         """Path of the best checkpoint, ``model.keras``."""
-        return self.out_dir / MODEL_FILE
+        return self.run_dir / MODEL_FILE
 
     def load(self) -> keras.Model:
         """The model (loaded from ``model.keras`` when not in memory)."""
@@ -542,7 +543,7 @@ def measure_inference_ms(
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
     labels = np.asarray(labels).astype(int)
-    return {"healthy": int((labels == 0).sum()), "leukemia": int((labels == 1).sum())}
+    return {"healthy": int((labels == 0).sum()), "leukaemia": int((labels == 1).sum())}
 
 
 def validation_indices(
@@ -669,6 +670,9 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 def _config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, ignoring settings a resumption may change."""
     a, b = _flatten(saved), _flatten(current)
+    for flat in (a, b):  # the same folder written relative or absolute is the same data
+        if flat.get("data.root"):
+            flat["data.root"] = str(Path(str(flat["data.root"])).expanduser().resolve())
     keys = sorted(set(a) | set(b))
     return [
         k
@@ -791,9 +795,12 @@ def train_run(
 
     epochs_done = _backup_epoch(write_dir / BACKUP_DIR)
     if epochs_done == 0:
+        if (write_dir / RUN_FILE).is_file() or (write_dir / HISTORY_FILE).is_file():
+            log.warning("%s holds a run that cannot be resumed (finished with another "
+                        "train.epochs, or killed before its first epoch); training afresh.", out)
         # No usable backup: whatever partial files exist belong to a run that cannot resume.
         _clear_run_folder(write_dir)
-        prior_history = _read_history(write_dir / HISTORY_FILE)
+        prior_history = pd.DataFrame(columns=["epoch"])
     else:
         prior_history = _truncate_history(write_dir / HISTORY_FILE, epochs_done)
         log.info("Resuming %s after epoch %d of %d.", out, epochs_done, cfg.train.epochs)
@@ -845,8 +852,7 @@ def train_run(
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
-    if cfg.train.verbose or progress:
-        log.info("Wrote %s", model_path)
+    log.info("Wrote %s", model_path)
     _plot_curves(history, write_dir / CURVES_FILE)
     epochs_completed = int(history["epoch"].max()) + 1 if not history.empty else 0
     seconds = (

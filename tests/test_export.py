@@ -206,36 +206,57 @@ def uint8_request(name: str, images: np.ndarray, workdir: Path) -> dict:
     return {"name": name, "signature": "serving_default", "npy": str(path)}
 
 
-def test_savedmodel_client_without_leukdx_matches_keras(exported, synthetic_files, tmp_path):
-    run, model, result = exported
-    saved_model = run / "export" / "savedmodel"
+@pytest.fixture(scope="module")
+def client(exported, synthetic_files, shared_data, tmp_path_factory):
+    """One TensorFlow-only client process answering every request of the tests below.
+
+    Synthetic inputs always; real ALL-IDB2 TIFF crops and Taleqani JPEGs when the shared data
+    is present. Returns ``(results, inputs)``.
+    """
+    run, _, _ = exported
+    workdir = tmp_path_factory.mktemp("client")
     files = synthetic_files
-    at_size = np.stack([load_image(files[f"png{i}"], SIZE) for i in range(4)])
-    odd = read_image(files["odd"])  # (187, 301, 3)
-    gray = np.asarray(Image.open(files["gray"]))  # (187, 301)
-    gray3 = np.repeat(gray[..., None], 3, axis=-1)
-    byte_files = [files["png0"], files["jpeg"], files["bmp"], files["gray"], files["odd"]]
-    requests = [
-        uint8_request("at_size", at_size, tmp_path),
-        uint8_request("odd", odd[None], tmp_path),
-        uint8_request("gray3", gray3[None], tmp_path),
-        {"name": "bytes", "signature": "serve_bytes", "files": [str(p) for p in byte_files]},
-    ]
-    out = run_client(saved_model, requests, tmp_path)
+    inputs = {
+        "at_size": np.stack([load_image(files[f"png{i}"], SIZE) for i in range(4)]),
+        "odd": read_image(files["odd"])[None],  # (1, 187, 301, 3)
+        "gray3": np.repeat(np.asarray(Image.open(files["gray"]))[None, ..., None], 3, axis=-1),
+        "byte_files": [files["png0"], files["jpeg"], files["bmp"], files["gray"], files["odd"]],
+    }
+    requests = [uint8_request(name, inputs[name], workdir) for name in ("at_size", "odd", "gray3")]
+    requests.append({"name": "bytes", "signature": "serve_bytes",
+                     "files": [str(p) for p in inputs["byte_files"]]})
+    if shared_data.is_dir():
+        real = real_files(shared_data)
+        inputs["tiffs"], inputs["jpegs"] = real["all_idb2"], real["taleqani_all"]
+        inputs["tiff_at_size"] = np.stack([load_image(p, SIZE) for p in inputs["tiffs"]])
+        requests.append(uint8_request("tiff_at_size", inputs["tiff_at_size"], workdir))
+        # TIFF is decoded by the client (Pillow) and sent as uint8 at its own size (257 px).
+        for i, path in enumerate(inputs["tiffs"]):
+            requests.append(uint8_request(f"tiff_{i}", read_image(path)[None], workdir))
+        requests.append({"name": "jpeg_bytes", "signature": "serve_bytes",
+                         "files": [str(p) for p in inputs["jpegs"]]})
+    return run_client(run / "export" / "savedmodel", requests, workdir), inputs
+
+
+def test_savedmodel_client_without_leukdx_matches_keras(exported, client):
+    _, model, _ = exported
+    out, inputs = client
 
     assert out["leukdx_modules"] == []
     assert out["signatures"] == ["serve_bytes", "serve_fixed", "serving_default"]
     # Same pixels: the graph equals the Keras model.
-    want = keras_probs(model, at_size)
+    want = keras_probs(model, inputs["at_size"])
     got = np.array(out["at_size"]["probability"])
     assert np.abs(got - want).max() <= EXACT_TOL
     assert out["at_size"]["label"] == (got >= THRESHOLD).astype(int).tolist()
     assert want.std() > 0.05  # the comparison is not between near-constant outputs
     # Odd size and grayscale: resized inside the graph, compared with leukdx's Pillow path.
-    assert odd.shape == (187, 301, 3)
-    want_odd = keras_probs(model, load_image(files["odd"], SIZE)[None])
+    assert inputs["odd"].shape == (1, 187, 301, 3)
+    byte_files = inputs["byte_files"]
+    odd_file, gray_file = byte_files[4], byte_files[3]
+    want_odd = keras_probs(model, load_image(odd_file, SIZE)[None])
     assert abs(out["odd"]["probability"][0] - want_odd[0]) <= RESIZE_TOL
-    want_gray = keras_probs(model, load_image(files["gray"], SIZE)[None])
+    want_gray = keras_probs(model, load_image(gray_file, SIZE)[None])
     assert abs(out["gray3"]["probability"][0] - want_gray[0]) <= RESIZE_TOL
     # Encoded files of several formats and sizes, one batch.
     want_bytes = keras_probs(model, np.stack([load_image(p, SIZE) for p in byte_files]))
@@ -248,26 +269,17 @@ def test_savedmodel_client_without_leukdx_matches_keras(exported, synthetic_file
 
 
 @pytest.mark.real_data
-def test_savedmodel_round_trip_on_real_images(exported, shared_data, tmp_path):
-    run, model, _ = exported
-    files = real_files(shared_data)
-    tiffs, jpegs = files["all_idb2"], files["taleqani_all"]
-    assert tiffs and jpegs
-    resized = np.stack([load_image(p, SIZE) for p in tiffs])
-    requests = [uint8_request("tiff_at_size", resized, tmp_path)]
-    # TIFF is decoded by the client (Pillow) and sent as uint8 at its own size (257 px).
-    for i, path in enumerate(tiffs):
-        requests.append(uint8_request(f"tiff_{i}", read_image(path)[None], tmp_path))
-    requests.append({"name": "jpeg_bytes", "signature": "serve_bytes",
-                     "files": [str(p) for p in jpegs]})
-    out = run_client(run / "export" / "savedmodel", requests, tmp_path)
+def test_savedmodel_round_trip_on_real_images(exported, client, shared_data):
+    _, model, _ = exported
+    out, inputs = client
+    assert shared_data.is_dir() and inputs["tiffs"] and inputs["jpegs"]
 
     assert out["leukdx_modules"] == []
-    want = keras_probs(model, resized)
+    want = keras_probs(model, inputs["tiff_at_size"])
     assert np.abs(np.array(out["tiff_at_size"]["probability"]) - want).max() <= EXACT_TOL
-    got_full = np.array([out[f"tiff_{i}"]["probability"][0] for i in range(len(tiffs))])
+    got_full = np.array([out[f"tiff_{i}"]["probability"][0] for i in range(len(inputs["tiffs"]))])
     assert np.abs(got_full - want).max() <= RESIZE_TOL
-    want_jpeg = keras_probs(model, np.stack([load_image(p, SIZE) for p in jpegs]))
+    want_jpeg = keras_probs(model, np.stack([load_image(p, SIZE) for p in inputs["jpegs"]]))
     assert np.abs(np.array(out["jpeg_bytes"]["probability"]) - want_jpeg).max() <= RESIZE_TOL
 
 
@@ -403,3 +415,30 @@ def test_graph_resize_matches_leukdx_resize(height, width, size, aspect, seed):
         assert np.array_equal(want.sum(-1) == 0, got.sum(-1) == 0)
     if (height, width) == (size, size):
         assert np.array_equal(got, image)
+
+
+def test_mixed_precision_model_exports_in_float32(tmp_path):
+    import keras
+
+    from leukdx.export import ServingSpec, as_float32, export_savedmodel, export_tflite
+    from leukdx.export import load_tflite_interpreter, run_tflite
+    from leukdx.models import build_model
+
+    keras.utils.set_random_seed(4)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = build_model(ModelConfig(backbone="alexnet", strategy="mdft", weights="none",
+                                        head=HeadConfig(units=[4])), SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    model = as_float32(mixed)
+    assert model is not mixed and as_float32(model) is model
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    images = np.stack([smear(np.random.default_rng(i), SIZE, SIZE) for i in range(3)])
+    want = keras_probs(model, images)
+    assert np.abs(want - keras_probs(mixed, images)).max() < 0.02  # bfloat16 round-off only
+    # TFLite has no bfloat16 kernels: converting the float32 clone works and matches it.
+    saved = export_savedmodel(model, tmp_path / "sm", ServingSpec(SIZE))
+    tflite = export_tflite(saved, tmp_path / "m.tflite")
+    assert np.abs(run_tflite(load_tflite_interpreter(tflite), images) - want).max() <= EXACT_TOL

@@ -70,6 +70,8 @@ FEATURE_SPACE_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "ka
 FEATURE_SPACE_PROTOCOLS: tuple[str, ...] = ("lodo", "kfold")
 # t-SNE: features are first reduced to this many principal components (the usual speed-up).
 TSNE_PCA_COMPONENTS = 50
+# Below this many points t-SNE uses the exact gradient (cheap there, and no Barnes-Hut error).
+TSNE_EXACT_BELOW = 200
 
 
 class GlobalScaler(TransformerMixin, BaseEstimator):
@@ -303,7 +305,8 @@ def tsne_perplexity(n: int, preferred: float = 30.0) -> float:
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE of ``features`` (seeded; PCA to 50 components first when larger).
+    """2-D t-SNE of ``features`` (seeded; PCA to 50 components first when larger; the exact
+    method below 200 points, Barnes-Hut above).
 
     Args:
         features: (N, D) array, N >= 3.
@@ -318,7 +321,7 @@ def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
     if X.shape[1] > components:
         X = PCA(n_components=components, random_state=seed).fit_transform(X)
     tsne = TSNE(n_components=2, perplexity=tsne_perplexity(n), init="pca", random_state=seed,
-                max_iter=1000)
+                max_iter=1000, method="exact" if n < TSNE_EXACT_BELOW else "barnes_hut")
     return np.asarray(tsne.fit_transform(X), dtype=np.float64)
 
 

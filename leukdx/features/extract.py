@@ -438,7 +438,8 @@ def extract_features(
         "key": key, "leukdx": __version__,
     }
     _write_npz_atomic(
-        path, features=features, sha256=unique["sha256"].astype(str).to_numpy(),
+        # fixed-width unicode, not object, arrays: the file must load with allow_pickle=False
+        path, features=features, sha256=np.asarray(unique["sha256"].astype(str).tolist(), dtype=str),
         meta=np.array(json.dumps(meta)),
     )
     row_of = {h: i for i, h in enumerate(unique["sha256"].astype(str))}

@@ -1,14 +1,11 @@
 """Fine-tuning strategies (LeukNet §3.3, Figure 5) and the one function that builds a model.
 
-========  ==============================================  ==============================
-strategy  dense layers before the output                   trained
-========  ==============================================  ==============================
-``sft``   the backbone's original ones (VGG fc1/fc2, ...)  all but the first
-                                                           ``model.frozen_blocks`` blocks
-``dft``   the backbone's original ones                     everything
-``msft``  a new, smaller head (``model.head``)              the head only (base frozen)
-``mdft``  a new, smaller head                              everything (LeukNet)
-========  ==============================================  ==============================
+- ``sft`` (shallow): the backbone's original dense layers (VGG fc1/fc2, AlexNet fc6/fc7);
+  the first ``model.frozen_blocks`` convolutional blocks frozen, the rest trained.
+- ``dft`` (deep): the original dense layers; every layer trained.
+- ``msft`` (modified shallow): a new, smaller head (``model.head``) on a frozen base; only
+  the head is trained.
+- ``mdft`` (modified deep, LeukNet): a new head; every layer trained.
 
 The original 1000-class output is always replaced by ``Dense(1, sigmoid)``. Networks whose
 original top is global average pooling (ResNet50, InceptionV3, Xception, MobileNetV3) have no
@@ -21,6 +18,13 @@ backbone layers under their Keras names (``block1_conv1`` ... ``block5_pool``) -
 ``top_flatten`` or ``top_pool`` -> ``fc1``, ``fc2`` (original dense layers, SFT/DFT) or
 ``head_dense_1``, ``head_dropout_1``, ... (new head, mSFT/mDFT) -> ``prediction``
 (float32 P(leukaemia), (B, 1), under every precision policy).
+
+Weights (``model.weights``, see :mod:`leukdx.models.weights`) go into the backbone. With
+``imagenet`` the original dense layers of SFT/DFT are copied from the Keras Applications file
+that includes them when ``data.image_size`` is the backbone's default size (VGG 224 px);
+at other sizes the flattened map has another length, so they start random (with a warning),
+as do new heads always. A local legacy ``.h5`` holding ``fc1``/``fc2`` (``fc6``/``fc7``) fills
+them too.
 
 The backbone is flattened into the model rather than nested, so the last convolutional
 layer (``spec.last_conv_layer``) and the prediction live in one graph:

@@ -196,9 +196,21 @@ def test_source_confound_is_warned_and_recorded(tmp_path):
 
 @pytest.mark.slow
 def test_kfold_fine_tuning_on_tiny_collection(tiny_collection, tmp_path):
-    cfg = _config(tiny_collection, tmp_path, evaluate={"plots": True})
-    folds = run_evaluation(cfg, tmp_path / "r", progress=False)
+    # validation is carved out of each fold's training part (grouped, 25 %)
+    import keras
+
+    epoch_logs: list[dict] = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_logs.append(dict(logs or {}))
+
+    cfg = _config(tiny_collection, tmp_path, evaluate={"plots": True},
+                  train={"validation_split": 0.25})
+    trainer = runner.FineTuneTrainer(callbacks=[Record()])
+    folds = run_evaluation(cfg, tmp_path / "r", progress=False, trainer=trainer)
     assert len(folds) == 2
+    assert len(epoch_logs) == 2 and all("val_loss" in logs for logs in epoch_logs)
     assert set(folds["test_source"]) == {"pooled"}
     assert (folds["n_train"] + folds["n_test"] == 36).all()
     assert folds["tp"].add(folds["fn"]).sum() == 18  # every leukaemia image tested once
@@ -220,7 +232,6 @@ def test_lodo_on_real_sources(shared_data, tmp_path):
         data={"sources": ["all_idb1", "all_idb2", "taleqani_all", "cellavision_zheng"],
               "max_per_class": 4},
         evaluate={"protocol": "lodo", "plots": True},
-        train={"validation_split": 0.25},
     )
     out = tmp_path / "lodo"
     folds = run_evaluation(cfg, out, progress=False)

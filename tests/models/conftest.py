@@ -7,11 +7,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def keras_state():
-    """Seed Keras, and restore the float32 policy and a fresh session after the test."""
+    """Seed Keras, and restore the float32 policy after the test."""
     import keras
 
     keras.utils.set_random_seed(0)
     yield
     keras.mixed_precision.set_global_policy("float32")
-    keras.backend.clear_session()
 

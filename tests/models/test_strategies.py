@@ -25,16 +25,34 @@ def images(size: int, n: int = 2) -> np.ndarray:
     return np.random.default_rng(1).uniform(0, 255, (n, size, size, 3)).astype("float32")
 
 
+@pytest.fixture(scope="module")
+def built():
+    """Builds each (backbone, strategy) model once per module, under mixed_bfloat16."""
+    cache = {}
+
+    def get(backbone, strategy):
+        if (backbone, strategy) not in cache:
+            previous = keras.mixed_precision.global_policy()
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+            try:
+                size = get_backbone(backbone).min_size
+                cache[backbone, strategy] = build_model(config(backbone, strategy), size)
+            finally:
+                keras.mixed_precision.set_global_policy(previous)
+        return cache[backbone, strategy]
+
+    return get
+
+
 def test_all_four_strategies_are_registered():
     assert set(STRATEGIES) <= set(list_strategies())
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("backbone", list_backbones())
-def test_model_layout_and_trainable_layers_follow_the_strategy(backbone, strategy):
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+def test_model_layout_and_trainable_layers_follow_the_strategy(backbone, strategy, built):
     spec = get_backbone(backbone)
-    model = build_model(config(backbone, strategy), spec.min_size)
+    model = built(backbone, strategy)
 
     assert model.name == f"{backbone}_{strategy}"
     assert model.input.shape == (None, spec.min_size, spec.min_size, 3)
@@ -85,11 +103,9 @@ def _round_trip_strategy(backbone: str) -> str:
 
 
 @pytest.mark.parametrize("backbone", list_backbones())
-def test_model_round_trips_through_keras_file_in_safe_mode(backbone, tmp_path):
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+def test_model_round_trips_through_keras_file_in_safe_mode(backbone, tmp_path, built):
     spec = get_backbone(backbone)
-    strategy = _round_trip_strategy(backbone)
-    model = build_model(config(backbone, strategy), spec.min_size)
+    model = built(backbone, _round_trip_strategy(backbone))  # a mixed_bfloat16 model
     x = images(spec.min_size)
     before = np.asarray(model(x, training=False))
     assert before.dtype == np.float32 and before.shape == (2, 1)
@@ -110,6 +126,8 @@ def test_model_round_trips_through_keras_file_in_safe_mode(backbone, tmp_path):
         layer.name for layer in backbone_layers(model)
     ]
     assert model_backbone(loaded) is spec
+    conv = spec.last_conv_layer
+    assert loaded.get_layer(conv).compute_dtype == model.get_layer(conv).compute_dtype
 
 
 @pytest.mark.parametrize(("strategy", "gamma_trains"), [("mdft", True), ("msft", False)])
