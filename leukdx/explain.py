@@ -29,7 +29,7 @@ import os
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,6 @@ from PIL import Image
 
 from leukdx.data.decode import BadImageError, load_image, read_image
 from leukdx.predict import CLASS_NAMES, LoadedModel, collect_image_paths, load_keras_model
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    import keras
 
 __all__ = [
     "EXPLANATIONS_CSV",

@@ -502,7 +502,9 @@ def check_images(
         return [], "no images (the run's data.root was not found)"
     info = read_json(loaded.run_dir / "run.json") if loaded.run_dir is not None else None
     sources = (info or {}).get("data", {}).get("sources") or []
-    folders = [root / s for s in sources if (root / s).is_dir()] or [root]
+    merged = loaded.config.data.merge_sources if loaded.config is not None else {}
+    folders = [root / member for s in sources for member in merged.get(s, [s])]
+    folders = [f for f in folders if f.is_dir()] or [root]
     files: list[Path] = []
     for folder in folders:
         files += sorted(

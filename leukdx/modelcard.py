@@ -262,7 +262,7 @@ def _evaluation_facts(
 def client_examples(spec: ServingSpec) -> dict[str, str]:
     """Copy-paste snippets for clients that have TensorFlow (or TFLite) but not leukdx."""
     size = int(spec.image_size)
-    python = f'''import numpy as np
+    python = '''import numpy as np
 import tensorflow as tf
 from PIL import Image  # only to decode TIFF; JPEG/PNG/BMP/GIF can go through serve_bytes
 

@@ -156,6 +156,7 @@ def load_keras_model(source: Any) -> LoadedModel:
 
     Raises:
         FileNotFoundError: the path does not exist or holds no ``model.keras``.
+        ValueError: the path is a SavedModel (use :func:`load_predictor` for those).
         UnsafeModelError: the file contains code that safe mode refuses to run.
     """
     if not isinstance(source, (str, os.PathLike)):
@@ -167,6 +168,11 @@ def load_keras_model(source: Any) -> LoadedModel:
     path = Path(source)
     if path.is_dir():
         run_dir, model_path = path, path / MODEL_FILE
+        if not model_path.is_file() and find_saved_model(path) is not None:
+            raise ValueError(
+                f"'{path}' is a TensorFlow SavedModel, which has no Keras layers to load or "
+                "explain; give the run folder or the .keras file it was exported from."
+            )
         if not model_path.is_file():
             raise FileNotFoundError(
                 f"'{path}' is a folder without {MODEL_FILE}: give a run folder made by "

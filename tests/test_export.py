@@ -420,8 +420,14 @@ def test_graph_resize_matches_leukdx_resize(height, width, size, aspect, seed):
 def test_mixed_precision_model_exports_in_float32(tmp_path):
     import keras
 
-    from leukdx.export import ServingSpec, as_float32, export_savedmodel, export_tflite
-    from leukdx.export import load_tflite_interpreter, run_tflite
+    from leukdx.export import (
+        ServingSpec,
+        as_float32,
+        export_savedmodel,
+        export_tflite,
+        load_tflite_interpreter,
+        run_tflite,
+    )
     from leukdx.models import build_model
 
     keras.utils.set_random_seed(4)

@@ -137,6 +137,8 @@ def test_model_kinds_give_the_same_probabilities(run_dir, image_folder, tmp_path
     assert by_saved_model.table["label"].tolist() == by_run.table["label"].tolist()
     assert by_object.table["label"].tolist() == (want >= 0.5).astype(int).tolist()
     assert isinstance(loaded.model, keras.Model)
+    with pytest.raises(ValueError, match="SavedModel"):  # no Keras layers to load from it
+        load_keras_model(export_dir / "savedmodel")
 
 
 def test_threshold_argument_overrides_the_run(run_dir, image_folder):
