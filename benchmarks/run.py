@@ -225,7 +225,8 @@ class Results:
                 for r in rows:
                     ratio = f"{r.ratio:.2f}x vs {r.ratio_of}" if r.ratio is not None else ""
                     target = f"{r.target} ({r.target_met})" if r.target else ""
-                    spread = f"{_fmt(r.min)}-{_fmt(r.max)}" if r.passes > 1 else "1 pass"
+                    spread = (f"{_fmt(r.min)}-{_fmt(r.max)}" if r.passes > 1
+                              else "1 pass" if r.passes == 1 else "")
                     lines.append(
                         f"| {r.case} | {_fmt(r.median)} | {spread} | {r.unit} | {ratio} | "
                         f"{target} | {r.notes} |"
@@ -639,7 +640,7 @@ def bench_pipeline(ctx: Context) -> None:
         "leukdx": "leukdx ImageCache + make_dataset",
         "idg": "tf_keras ImageDataGenerator.flow_from_directory",
         "idfd": "keras image_dataset_from_directory + leukdx augmentation",
-        "leukdx_plain": "leukdx make_dataset, augmentation off (for reference)",
+        "leukdx_plain": "leukdx make_dataset without augmentation (reference)",
     }
     base = timings["idg"]
     for phase in ("warm", "cold"):

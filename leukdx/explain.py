@@ -312,7 +312,7 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) 
 
     image = np.asarray(image, dtype=np.uint8)
     height, width = image.shape[:2]
-    field = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F")
+    field = Image.fromarray(np.asarray(heatmap, dtype=np.float32))  # mode F
     field = np.asarray(field.resize((width, height), Image.Resampling.BILINEAR))
     colours = colormaps["jet"](np.clip(field, 0.0, 1.0))[..., :3] * 255.0
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
@@ -379,6 +379,8 @@ def explain_paths(
     Returns:
         The PNG paths, in the order of the images (unreadable files are skipped and logged).
     """
+    import keras
+
     loaded: LoadedModel = load_keras_model(model)
     backbone = loaded.config.model.backbone if loaded.config is not None else None
     layer_name = layer_name or find_last_conv_layer(loaded.model, backbone)
@@ -402,9 +404,11 @@ def explain_paths(
         if not batch:
             continue
         x = np.stack(batch)
-        from leukdx.train import predict_proba
-
-        probabilities = predict_proba(loaded.model, x)
+        # An eager call: model.predict would retrace for every differently sized batch.
+        probabilities = np.asarray(
+            keras.ops.convert_to_numpy(loaded.model(x.astype(np.float32), training=False)),
+            dtype=np.float64,
+        ).reshape(-1)
         heatmaps = grad_cam(loaded.model, x, layer_name=layer_name, target=target)
         for path, heatmap, probability in zip(kept, heatmaps, probabilities):
             original, field = _display_image(read_image(path), heatmap, aspect, size)

@@ -5,7 +5,7 @@
     DIR/savedmodel/              TF SavedModel for TF Serving or tf.saved_model.load
     DIR/model.tflite             float32 TFLite (fixed input size)
     DIR/model_quant.tflite       dynamic-range quantised TFLite (weights int8)
-    DIR/model.keras              copy of the run's model (Keras 3, needs leukdx's layers)
+    DIR/model.keras, config.yaml copy of the run's model and config (Keras 3, needs leukdx)
     DIR/model_card.json / .md    what the model is, how it was trained and checked, its limits
 
 A server needs **only TensorFlow** (or the TFLite runtime): the backbone preprocessing is the
@@ -36,6 +36,11 @@ Pillow's draft mode kicks in (JPEGs at least twice the model's size), with rare 
 off by up to ~30 levels. Images already at the model's size skip the resize, so they give the
 Keras model's output exactly (up to float round-off, ~1e-6). The export measures both effects
 on real images and writes them into the model card.
+
+Precision: every exported format computes in float32. A model trained under a mixed policy
+(``mixed_bfloat16`` is the fast choice on recent CPUs) is cloned with float32 layers and the
+same weights first (:func:`as_float32`): TFLite has no bfloat16 kernels, and the card reports
+how far the float32 model is from the model in its training policy (~1e-3).
 
 TFLite: input ``uint8`` ``(1, S, S, 3)`` (the batch dimension may be resized with
 ``resize_tensor_input``), the same two outputs; the float model agrees with Keras to ~1e-5,
@@ -83,7 +88,7 @@ __all__ = [
     "FIXED_SIGNATURE",
     "FORMATS",
     "SERVING_SIGNATURE",
-    "TFLITE_DECODABLE",
+    "TF_DECODABLE",
     "TOLERANCES",
     "ServingSpec",
     "as_float32",
@@ -107,8 +112,9 @@ FIXED_SIGNATURE = "serve_fixed"
 TFLITE_FILE = "model.tflite"
 TFLITE_QUANT_FILE = "model_quant.tflite"
 KERAS_FILE = "model.keras"
-# File types tf.io.decode_image reads (the serve_bytes signature); TIFF is not among them.
-TFLITE_DECODABLE = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+CONFIG_FILE = "config.yaml"
+# File types TensorFlow decodes (the serve_bytes signature); TIFF is not among them.
+TF_DECODABLE = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 # Maximum |P_export - P_keras| accepted by the export checks. Same pixels through the same
 # graph differ only by float round-off; dynamic-range quantisation stores weights in int8.
@@ -495,8 +501,7 @@ def check_images(
         ``(paths, description)``; ``paths`` is empty when no images can be found.
     """
     if images is not None:
-        files = [p for p in collect_image_paths(images)]
-        return _sample_evenly(files, n), "images given to the export"
+        return _sample_evenly(collect_image_paths(images), n), "images given to the export"
     root = _data_root(loaded)
     if root is None:
         return [], "no images (the run's data.root was not found)"
@@ -514,8 +519,8 @@ def check_images(
             if is_image_file(name)
         )
     # Half the checks use files TensorFlow can decode, so serve_bytes is measured too.
-    decodable = [f for f in files if f.suffix.lower() in TFLITE_DECODABLE]
-    others = [f for f in files if f.suffix.lower() not in TFLITE_DECODABLE]
+    decodable = [f for f in files if f.suffix.lower() in TF_DECODABLE]
+    others = [f for f in files if f.suffix.lower() not in TF_DECODABLE]
     chosen = _sample_evenly(decodable, (n + 1) // 2 if others else n)
     chosen += _sample_evenly(others, n - len(chosen))
     return chosen, (
@@ -605,7 +610,7 @@ def _savedmodel_checks(folder: Path, paths, batch, originals, reference, spec) -
             any_size, reference, None, spec.threshold,
         )
     )
-    encodable = [i for i, p in enumerate(paths) if Path(p).suffix.lower() in TFLITE_DECODABLE]
+    encodable = [i for i, p in enumerate(paths) if Path(p).suffix.lower() in TF_DECODABLE]
     if encodable:
         data = tf.constant([Path(paths[i]).read_bytes() for i in encodable])
         got = loaded.signatures[BYTES_SIGNATURE](image_bytes=data)["probability"].numpy()
@@ -703,8 +708,10 @@ def export_run(
             checks.append(
                 _comparison(
                     "float32_vs_training_precision",
-                    f"float32 model vs the model in its training policy "
-                    f"({_policy_name(loaded.model.layers[-2])})",
+                    "float32 model vs the model in its training policy ("
+                    + ", ".join(sorted({_policy_name(layer) for layer in loaded.model.layers}
+                                       - {"float32"}))
+                    + ")",
                     reference, predict_proba(loaded.model, batch), None, spec.threshold,
                 )
             )
@@ -767,6 +774,13 @@ def export_run(
             model.save(target)
         written.append(target)
         artefacts["keras"] = {"path": KERAS_FILE, "loads_with": "leukdx.train.load_model"}
+        if loaded.run_dir is not None and (loaded.run_dir / CONFIG_FILE).is_file():
+            # Beside the model, the run's config gives `leukdx predict` its size, aspect and
+            # threshold.
+            config_copy = out_dir / CONFIG_FILE
+            if (loaded.run_dir / CONFIG_FILE).resolve() != config_copy.resolve():
+                shutil.copyfile(loaded.run_dir / CONFIG_FILE, config_copy)
+            written.append(config_copy)
 
     for check in checks:
         log.info("Export check %s: max abs diff %.3g %s (%d images)", check["check"],

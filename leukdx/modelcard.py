@@ -111,6 +111,8 @@ def _model_facts(loaded: LoadedModel, spec: ServingSpec) -> dict[str, Any]:
         "initial_weights": cfg.model.weights if cfg else None,
         "parameters": int(model.count_params()),
         "layers": len(model.layers),
+        "export_precision": "float32 (a model trained under a mixed policy is exported with "
+        "float32 layers and the same weights)",
     }
     # The head as it is in the model: the top-level dense layers after the backbone.
     dense = [layer for layer in model.layers
@@ -373,6 +375,7 @@ def render_markdown(card: dict[str, Any]) -> str:
             ("head dense units", m["head"]["dense_units"]),
             ("head dropout", m["head"]["dropout"]),
             ("parameters", m.get("parameters")),
+            ("exported precision", m.get("export_precision")),
             ("input", f"{m['input']['image_size']}x{m['input']['image_size']} "
                       f"{m['input']['pixels']}"),
             ("resize", m["input"]["resize"]),

@@ -42,7 +42,13 @@ import numpy as np
 import pandas as pd
 
 from leukdx.config import Config, load_config
-from leukdx.data.decode import BadImageError, is_image_file, load_image, read_image
+from leukdx.data.decode import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    is_image_file,
+    load_image,
+    read_image,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import keras
@@ -438,6 +444,8 @@ def predict_paths(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size!r}.")
     files = collect_image_paths(paths)
+    if not files:
+        log.warning("No image files (%s) found in the given paths.", ", ".join(IMAGE_EXTENSIONS))
     predictor = load_predictor(model, batch_size=batch_size)
     cut = float(predictor.threshold if threshold is None else threshold)
     if not 0.0 <= cut <= 1.0:

@@ -116,7 +116,7 @@ def synthetic_files(tmp_path_factory) -> dict[str, Path]:
     files["odd"] = folder / "odd.png"  # 301 wide, 187 high
     Image.fromarray(smear(rng, 187, 301)).save(files["odd"])
     files["gray"] = folder / "gray.png"
-    Image.fromarray(smear(rng, 187, 301)[..., 1], mode="L").save(files["gray"])
+    Image.fromarray(smear(rng, 187, 301)[..., 1]).save(files["gray"])
     files["jpeg"] = folder / "smear.jpg"
     Image.fromarray(smear(rng, 240, 320)).save(files["jpeg"], quality=90)
     files["bmp"] = folder / "smear.bmp"
@@ -319,7 +319,7 @@ def test_export_result_card_and_checks(exported):
     assert result.out_dir == out
     names = {p.name for p in result}
     assert names == {"savedmodel", "model.tflite", "model_quant.tflite", "model.keras",
-                     "model_card.json", "model_card.md"}
+                     "config.yaml", "model_card.json", "model_card.md"}
     assert all(p.exists() for p in result)
 
     card = json.loads((out / "model_card.json").read_text())
@@ -353,8 +353,11 @@ def test_export_result_card_and_checks(exported):
     for text in ("alexnet", "serve_bytes", "Research use only", "model_quant.tflite",
                  f"{THRESHOLD}"):
         assert text in markdown
-    # The copied .keras file is the run's model and loads in safe mode.
-    copy = load_keras_model(out / "model.keras").model
+    # The copied .keras file is the run's model, loads in safe mode, and finds the run's
+    # config (threshold) beside it.
+    copied = load_keras_model(out / "model.keras")
+    assert copied.threshold == THRESHOLD
+    copy = copied.model
     x = np.full((1, SIZE, SIZE, 3), 120.0, "float32")
     assert keras_probs(copy, x) == pytest.approx(keras_probs(model, x), abs=1e-7)
     assert "ok" in result.summary()
@@ -448,3 +451,24 @@ def test_mixed_precision_model_exports_in_float32(tmp_path):
     saved = export_savedmodel(model, tmp_path / "sm", ServingSpec(SIZE))
     tflite = export_tflite(saved, tmp_path / "m.tflite")
     assert np.abs(run_tflite(load_tflite_interpreter(tflite), images) - want).max() <= EXACT_TOL
+
+
+@pytest.mark.real_data
+def test_check_images_default_to_the_runs_sources(shared_data, tmp_path):
+    from leukdx.export import TF_DECODABLE, check_images
+    from leukdx.predict import LoadedModel
+
+    cfg = Config(data=DataConfig(root=str(shared_data), image_size=SIZE))
+    write_json_atomic({"data": {"sources": ["all_idb2", "taleqani_all"]}}, tmp_path / "run.json")
+    loaded = LoadedModel(model=None, config=cfg, run_dir=tmp_path)
+    paths, description = check_images(loaded, None, n=8)
+
+    assert len(paths) == 8 and len(set(paths)) == 8
+    assert {p.relative_to(shared_data).parts[0] for p in paths} == {"all_idb2", "taleqani_all"}
+    assert {p.parent.name for p in paths} == {"healthy", "leukemia"}  # spread over the sorted files
+    # Half are files TensorFlow can decode, so the bytes signature is measured too.
+    assert sum(p.suffix.lower() in TF_DECODABLE for p in paths) == 4
+    assert str(shared_data) in description
+    # Without a reachable data root there is nothing to check on, and the card says so.
+    cfg.data.root = str(tmp_path / "missing")
+    assert check_images(loaded, None, n=8)[0] == []

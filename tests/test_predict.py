@@ -60,7 +60,7 @@ def image_folder(tmp_path_factory) -> Path:
     Image.fromarray(smear(rng, 80, 100)).save(root / "a.png")
     Image.fromarray(smear(rng, 120, 90)).save(root / "b.tif")
     Image.fromarray(smear(rng, 200, 150)).save(root / "sub" / "c.jpg", quality=92)
-    Image.fromarray(smear(rng, 64, 64)[..., 0], mode="L").save(root / "sub" / "d_gray.bmp")
+    Image.fromarray(smear(rng, 64, 64)[..., 0]).save(root / "sub" / "d_gray.bmp")
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 3)
     (root / "sub" / "notes.png").write_text("a text file with an image extension")
     (root / "empty.png").write_bytes(b"")

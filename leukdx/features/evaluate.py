@@ -361,29 +361,33 @@ def run_feature_evaluation(
 
     analysis_rows, confound, feature_info = [], [], []
     plots_dir = out / "plots"
-    for point in points:
+    feature_sets = [trainer.feature_set(point.cfg) for point in points]
+    plain_names = [fs.name for fs in feature_sets]
+    for point, fs in zip(points, feature_sets):
         pcfg = point.cfg
-        fs = trainer.feature_set(pcfg)
         records = trainer.records(pcfg)
+        # grid points with the same network and layer (e.g. other image sizes) need the grid
+        # values in their name to stay apart in the tables and plot file names
+        name = fs.name if plain_names.count(fs.name) == 1 else f"{fs.name} [{point.label}]"
         feature_info.append({
-            "features": fs.name, "grid": point.label, "kind": fs.source.kind,
+            "features": name, "grid": point.label, "kind": fs.source.kind,
             "backbone": fs.source.backbone, "layer": fs.layer, "dim": fs.dim,
             "image_size": fs.source.image_size, "aspect": fs.source.aspect,
             "n_images": len(records), "cache_file": str(fs.path), "from_cache": fs.from_cache,
             "extract_seconds": trainer.extract_seconds.get(fs.name, 0.0),
         })
-        log.info("Feature-space analysis of %s (%d-d)", fs.name, fs.dim)
+        log.info("Feature-space analysis of %s (%d-d)", name, fs.dim)
         analysis_rows.append(analyse_feature_space(
             fs.features, records, test_sources=_analysis_sources(pcfg), k=pcfg.evaluate.k,
             seed=pcfg.seed, pca_components=pcfg.features.pca_components,
-            pca_above=pcfg.features.pca_above, threshold=pcfg.train.threshold, name=fs.name,
+            pca_above=pcfg.features.pca_above, threshold=pcfg.train.threshold, name=name,
         ))
         confound.append(source_confound_report(
-            fs.features, records, name=fs.name, seed=pcfg.seed,
+            fs.features, records, name=name, seed=pcfg.seed,
             pca_components=pcfg.features.pca_components, pca_above=pcfg.features.pca_above,
         ))
         if pcfg.features.tsne:
-            plot_feature_space(fs.features, records, plots_dir, name=fs.name,
+            plot_feature_space(fs.features, records, plots_dir, name=name,
                                sources=_analysis_sources(pcfg), seed=pcfg.seed)
 
     table10 = pd.concat(analysis_rows, ignore_index=True)
@@ -402,10 +406,12 @@ def run_feature_evaluation(
 
     atomic_write_text(out / "source_confound.csv", pd.DataFrame(confound).to_csv(index=False))
     write_json_atomic({"experiment": cfg.name, "reports": confound}, out / "source_confound.json")
+    n_folds = max(r["folds"] for r in confound)
     md_confound = (
         "# Source confound\n\nCross-validated accuracy of a linear classifier predicting the "
-        "source dataset from the features, next to predicting the class (grouped "
-        "5-fold).\n\n" + _confound_markdown(confound)
+        "source dataset from the features, next to predicting the class (grouped, stratified "
+        f"{n_folds}-fold; chance = always the largest source / class). Last column: the class "
+        "predicted from the source name alone.\n\n" + _confound_markdown(confound)
     )
     printed.append(md_confound)
     write_json_atomic({"experiment": cfg.name, "feature_sets": feature_info},

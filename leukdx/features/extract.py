@@ -136,6 +136,7 @@ class FeatureSet:
 
     @property
     def dim(self) -> int:
+        """Feature dimension D."""
         return int(self.features.shape[1])
 
 
@@ -409,6 +410,7 @@ def extract_features(
     Raises:
         ConfigError: unknown layer, or an input size the model does not take.
         FileNotFoundError: a missing model or weights file.
+        ValueError: an empty records table.
     """
     if len(records) == 0:
         raise ValueError("extract_features: the records table is empty.")

@@ -31,8 +31,9 @@ layer (``spec.last_conv_layer``) and the prediction live in one graph:
 ``keras.Model(model.inputs, [model.get_layer(spec.last_conv_layer).output, model.output])``
 is all Grad-CAM needs, and ``model.get_layer(spec.feature_layer).output`` gives deep
 features. :func:`backbone_layers` returns the backbone's layers of any built or loaded
-model. BatchNormalization layers always use their ImageNet moving statistics
-(:class:`leukdx.models.layers.InferenceBatchNormalization`). No ``Lambda`` layers are used, so
+model. With pretrained weights, BatchNormalization layers keep their moving statistics
+(:class:`leukdx.models.layers.InferenceBatchNormalization`); with ``weights: none`` they
+learn as usual, since there is nothing pretrained to keep. No ``Lambda`` layers are used, so
 models load with ``safe_mode=True``.
 
 Example:
@@ -299,7 +300,11 @@ def _assemble(spec: BackboneSpec, strategy: str, image_size: int,
                 UserWarning, stacklevel=3,
             )
 
-    use_inference_batchnorm(base_layers)
+    if weights_file is not None:
+        # Fine-tuning keeps the pretrained BatchNormalization statistics (they describe the
+        # pretraining data and a small batch would wreck them). A network trained from
+        # scratch (weights none) has no statistics worth keeping, so its BN layers learn.
+        use_inference_batchnorm(base_layers)
     if frozen_blocks >= len(spec.blocks):
         for layer in base_layers:
             layer.trainable = False
