@@ -141,9 +141,9 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from leukdx.export import export_run
 
-    written = export_run(args.run_dir, formats=args.format, out=args.out, quantize=not args.no_quantize)
-    for path in written:
-        print(path)
+    written = export_run(args.run_dir, formats=args.format, out=args.out,
+                         quantize=not args.no_quantize)
+    print(written.summary())
     return 0
 
 

@@ -67,7 +67,7 @@ FOLD_COLUMNS: tuple[str, ...] = (
     FOLD_KEY_COLUMNS + ("n_train", "n_test") + COUNT_NAMES + METRIC_NAMES + TIMING_COLUMNS
 )
 _TEXT_KEYS = ("experiment", "backbone", "strategy", "head", "protocol", "test_source")
-_INT_COLUMNS = ("fold", "run", "seed", "n_train", "n_test") + COUNT_NAMES
+_INT_COLUMNS = ("fold", "run", "repeat", "seed", "n_train", "n_test") + COUNT_NAMES
 PREDICTION_COLUMNS: tuple[str, ...] = ("path", "label", "probability", "prediction")
 
 # Column abbreviations of LeukNet's tables.

@@ -86,7 +86,11 @@ PREDICTIONS_DIR = "predictions"
 PLOTS_DIR = "plots"
 # Grid keys that already have a column of their own in folds.csv; any other grid key is
 # written into the ``experiment`` column so that every configuration has a distinct key.
-KEYED_GRID_FIELDS = frozenset({"model.backbone", "model.strategy", "model.head.units"})
+# The features trainer writes its classifier, source model and layer into strategy/head.
+KEYED_GRID_FIELDS = frozenset({
+    "model.backbone", "model.strategy", "model.head.units",
+    "features.classifiers", "features.model", "features.layer",
+})
 # Seeds of run r are cfg.seed + RUN_SEED_STRIDE * r + split position: distinct for every fold
 # and run, identical across grid configurations (so configurations are compared paired).
 RUN_SEED_STRIDE = 1000
@@ -132,6 +136,7 @@ class FoldTrainer(Protocol):
         train_images: np.ndarray,
         test_images: np.ndarray,
         seed: int,
+        test_records: pd.DataFrame,
     ) -> FoldOutput:
         """Train on ``train_records`` / ``train_images`` and return test probabilities.
 
@@ -142,6 +147,8 @@ class FoldTrainer(Protocol):
             train_images: (N, S, S, 3) uint8.
             test_images: (M, S, S, 3) uint8.
             seed: the seed of this fold and run.
+            test_records: records of the test images without their ``label`` column
+                (paths and hashes identify them; labels stay with the runner).
 
         Returns:
             A :class:`FoldOutput` (a plain ``(probabilities, train_seconds, infer_ms)`` tuple
@@ -160,7 +167,8 @@ def register_trainer(task: str) -> Callable:
         >>> @register_trainer("my_task")
         ... class MyTrainer:
         ...     def key_fields(self, cfg): return {"backbone": "x", "strategy": "y", "head": "z"}
-        ...     def fit_predict(self, cfg, train_records, train_images, test_images, seed): ...
+        ...     def fit_predict(self, cfg, train_records, train_images, test_images, seed,
+        ...                     test_records): ...
     """
 
     def decorator(factory: Callable[[], FoldTrainer]) -> Callable[[], FoldTrainer]:
@@ -253,6 +261,7 @@ class FineTuneTrainer:
         train_images: np.ndarray,
         test_images: np.ndarray,
         seed: int,
+        test_records: pd.DataFrame | None = None,
     ) -> FoldOutput:
         import keras
 
@@ -628,9 +637,11 @@ def run_evaluation(
                 output = FoldOutput(*trainer.fit_predict(
                     pcfg, train_records, cache.get(train_records, size, aspect),
                     cache.get(test_records, size, aspect), seed,
+                    test_records=test_records.drop(columns=["label"]),
                 ))
             finally:
-                _free_memory()
+                if getattr(trainer, "builds_keras_models", True):
+                    _free_memory()
             probabilities = np.asarray(output.probabilities, dtype=np.float64).reshape(-1)
             if probabilities.size != len(test_records):
                 raise RuntimeError(

@@ -33,10 +33,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import time
 import warnings
 from pathlib import Path
@@ -97,9 +95,6 @@ def _features_key(cfg: Config) -> str:
     }, sort_keys=True, default=str)
 
 
-def _pixel_digest(image: np.ndarray) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
-
 
 @register_trainer("features")
 class FeatureTrainer:
@@ -108,9 +103,7 @@ class FeatureTrainer:
     The evaluation runner hands a trainer the fold's training records and the decoded
     training and test images. Features are extracted once per feature set for the whole
     collection (and cached on disk, :func:`~leukdx.features.extract.extract_features`); a
-    fold then only looks rows up: training rows by ``sha256``, test images by a hash of their
-    pixels (the runner passes test images without records, and features are a function of
-    the pixels, so identical pixels have identical features).
+    fold then only looks its rows up by ``sha256`` (test records come without labels).
 
     Args:
         image_cache: the experiment's ImageCache (shared with the runner); one is made from
@@ -119,12 +112,14 @@ class FeatureTrainer:
             each configuration's ``data`` section is loaded (once).
     """
 
+    # fits scikit-learn models only: the runner need not clear the Keras session per fold
+    builds_keras_models = False
+
     def __init__(self, image_cache=None, collection=None):
         self.image_cache = image_cache
         self.collection = collection
         self._records: dict[str, pd.DataFrame] = {}
         self._feature_sets: dict[str, FeatureSet] = {}
-        self._pixel_rows: dict[tuple[str, int, str], dict[bytes, int]] = {}
         self.extract_seconds: dict[str, float] = {}
 
     # -- data --------------------------------------------------------------------------
@@ -159,25 +154,6 @@ class FeatureTrainer:
             self._feature_sets[key] = fs
         return self._feature_sets[key]
 
-    def _rows_of_images(self, cfg: Config, images: np.ndarray) -> np.ndarray:
-        """Feature rows of decoded images, found by their pixels."""
-        key = (_records_key(cfg), int(cfg.data.image_size), cfg.data.aspect)
-        if key not in self._pixel_rows:
-            all_images = self._cache(cfg).get(self.records(cfg), cfg.data.image_size,
-                                              cfg.data.aspect)
-            self._pixel_rows[key] = {_pixel_digest(img): i for i, img in enumerate(all_images)}
-        table = self._pixel_rows[key]
-        rows = []
-        for image in images:
-            row = table.get(_pixel_digest(image))
-            if row is None:
-                raise RuntimeError(
-                    "A test image handed to the features trainer is not in the collection; the "
-                    "runner and the trainer must share data settings and image cache."
-                )
-            rows.append(row)
-        return np.asarray(rows, dtype=np.int64)
-
     # -- FoldTrainer protocol -----------------------------------------------------------
     @staticmethod
     def classifier_name(cfg: Config) -> str:
@@ -210,13 +186,14 @@ class FeatureTrainer:
         train_images: np.ndarray,
         test_images: np.ndarray,
         seed: int,
+        test_records: pd.DataFrame,
     ) -> FoldOutput:
         fs = self.feature_set(cfg)
         row_of = {sha: i for i, sha in enumerate(self.records(cfg)["sha256"].astype(str))}
         train_rows = [row_of[sha] for sha in train_records["sha256"].astype(str)]
         x_train = fs.features[train_rows]
         y_train = train_records["label"].to_numpy().astype(int)
-        x_test = fs.features[self._rows_of_images(cfg, test_images)]
+        x_test = fs.features[[row_of[sha] for sha in test_records["sha256"].astype(str)]]
         classifier = build_classifier(self.classifier_name(cfg), seed=int(seed) % (2**32))
         with warnings.catch_warnings():
             # collinear/constant features (e.g. dead ReLUs of a random network) make LDA and
@@ -239,13 +216,6 @@ def _classifier_of(strategy: str) -> str:
     return strategy[len(STRATEGY_PREFIX):] if strategy.startswith(STRATEGY_PREFIX) else strategy
 
 
-def _strip_classifier(experiment: str) -> str:
-    """The experiment label without the ``features.classifiers=...`` grid entry."""
-    text = re.sub(r"(, )?features\.classifiers=[^,\]]*", "", experiment)
-    text = text.replace("[, ", "[").replace(" []", "")
-    return text
-
-
 def table1_markdown(folds: pd.DataFrame, title: str = "") -> str:
     """Classifier results shaped like Loey et al.'s Table 1 (one row per classifier).
 
@@ -261,7 +231,6 @@ def table1_markdown(folds: pd.DataFrame, title: str = "") -> str:
     display["strategy"] = [
         CLASSIFIER_LABELS.get(_classifier_of(s), _classifier_of(s)) for s in display["strategy"]
     ]
-    display["experiment"] = display["experiment"].astype(str).map(_strip_classifier)
     summary = summarize(display)
     n_folds = int(summary["n"].max()) if len(summary) else 0
     text = (

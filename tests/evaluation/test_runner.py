@@ -56,7 +56,9 @@ class BrightnessTrainer:
     def key_fields(self, cfg):
         return {"backbone": cfg.model.backbone, "strategy": cfg.model.strategy, "head": "rule"}
 
-    def fit_predict(self, cfg, train_records, train_images, test_images, seed):
+    def fit_predict(self, cfg, train_records, train_images, test_images, seed, test_records):
+        assert "label" not in test_records.columns  # the runner keeps test labels to itself
+        assert len(test_records) == len(test_images)
         self.calls.append({"seed": seed, "n_train": len(train_images),
                            "train_paths": set(train_records["path"]),
                            "strategy": cfg.model.strategy})
