@@ -121,10 +121,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from leukdx.evaluation.stats import compare_result_dirs
+    from leukdx.config import parse_override
+    from leukdx.evaluation.compare import compare_result_dirs
 
-    report = compare_result_dirs(args.a, args.b, metric=args.metric)
-    print(report)
+    where_a = dict(parse_override(text) for text in args.where_a)
+    where_b = dict(parse_override(text) for text in args.where_b)
+    report = compare_result_dirs(args.a, args.b, metric=args.metric, where_a=where_a,
+                                 where_b=where_b, alpha=args.alpha)
+    print(report.text)
     return 0
 
 
@@ -229,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="results folder (or folds.csv) A")
     p.add_argument("b", help="results folder (or folds.csv) B")
     p.add_argument("--metric", default="mcc")
+    p.add_argument("--where-a", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="pick A's configuration in a grid ledger, e.g. strategy=mdft")
+    p.add_argument("--where-b", action="append", default=[], metavar="COLUMN=VALUE")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("features", help="deep features + classic classifiers (Loey model 1)")
@@ -269,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from leukdx.config import ConfigError
 
-    known: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+    known: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
     try:
         from leukdx.data.decode import BadImageError
         from leukdx.data.records import DataError
@@ -280,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except known as exc:
+        if args.verbose:
+            raise
         print(f"leukdx: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover - interactive
