@@ -202,8 +202,11 @@ class EvaluateConfig:
     Args:
         protocol: ``lodo``, ``kfold``, ``holdout`` or ``external``.
         test_sources: ``lodo``: sources to hold out (default: every two-class source);
-            ``external``: the test sources.
+            ``external``: the test sources; ``kfold``/``holdout``: split inside each listed
+            source separately (LeukNet Table 10) instead of over the pooled data.
         train_sources: ``external``: the training sources (default: all others).
+        linked_sources: ``lodo``: sets of sources that share slides or patients; while one is
+            tested the others are not trained on (e.g. ``[[all_idb1, all_idb2]]``).
         k: folds of ``kfold``.
         repeats: repetitions of ``kfold`` with different shuffles.
         test_fraction: test share of ``holdout``.
@@ -217,6 +220,7 @@ class EvaluateConfig:
     protocol: str = "lodo"
     test_sources: list[str] | None = None
     train_sources: list[str] | None = None
+    linked_sources: list[list[str]] = field(default_factory=list)
     k: int = 5
     repeats: int = 1
     test_fraction: float = 0.2

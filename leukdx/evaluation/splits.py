@@ -28,7 +28,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -166,11 +167,31 @@ def _repeat_seed(seed: int, repeat: int) -> int:
 # protocols
 
 
+def _linked_map(linked_sources: Sequence[Sequence[str]],
+                known: Mapping[str, object]) -> dict[str, set[str]]:
+    """Source -> the other sources linked to it. Names absent from the data are ignored with
+    a warning, so one config can describe links of a collection that is only partly present."""
+    out: dict[str, set[str]] = {}
+    for members in linked_sources:
+        names = {str(m) for m in members}
+        unknown = sorted(names - set(known))
+        if unknown:
+            warnings.warn(
+                f"evaluate.linked_sources names {', '.join(unknown)}, not in the data "
+                f"(sources: {', '.join(known)}); ignored.", UserWarning, stacklevel=3,
+            )
+            names -= set(unknown)
+        for name in names:
+            out.setdefault(name, set()).update(names - {name})
+    return out
+
+
 def lodo_splits(
     sources: Sequence[str] | np.ndarray,
     labels: Sequence[int] | np.ndarray,
     groups: Sequence[str] | np.ndarray | None = None,
     test_sources: Sequence[str] | None = None,
+    linked_sources: Sequence[Sequence[str]] = (),
 ) -> list[Split]:
     """Leave-one-dataset-out splits (LeukNet §3.5, LODOCV).
 
@@ -190,6 +211,9 @@ def lodo_splits(
         groups: group of each record; ``None`` makes every record its own group.
         test_sources: the sources to hold out, in this order; ``None`` holds out every source
             that has both classes, in order of first appearance.
+        linked_sources: sets of sources that share slides or patients (ALL-IDB1 and
+            ALL-IDB2 are crops of the same slides): while one of a set is the test source,
+            the others are left out of training, so no patient is on both sides.
 
     Returns:
         One :class:`Split` per test source (``fold`` = its position, ``repeat`` = 0).
@@ -232,11 +256,13 @@ def lodo_splits(
                 )
         if len(set(chosen)) != len(chosen):
             raise ValueError(f"evaluate.test_sources lists a source twice: {chosen}.")
+    linked = _linked_map(linked_sources, classes)
     splits = []
     for fold, name in enumerate(chosen):
         is_test = src == name
         test_idx = np.flatnonzero(is_test)
-        train_idx = _drop_shared_groups(np.flatnonzero(~is_test), test_idx, grp)
+        excluded = is_test | np.isin(src, sorted(linked.get(name, ())))
+        train_idx = _drop_shared_groups(np.flatnonzero(~excluded), test_idx, grp)
         _check_both_classes(y[train_idx], f"The lodo training set for test source '{name}'")
         splits.append(Split("lodo", name, fold, 0, train_idx, test_idx))
     return splits
@@ -561,7 +587,7 @@ def make_splits(
     labels = records["label"].to_numpy()
     groups = records["group"].astype(str).to_numpy() if "group" in records.columns else None
     if protocol == "lodo":
-        return lodo_splits(sources, labels, groups, ev.test_sources)
+        return lodo_splits(sources, labels, groups, ev.test_sources, ev.linked_sources)
     if protocol == "external":
         return external_splits(sources, ev.train_sources, ev.test_sources or [], labels, groups)
 

@@ -383,3 +383,23 @@ def test_evaluation_modules_do_not_import_tensorflow():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_lodo_leaves_linked_sources_out_of_training():
+    sources = ["idb1"] * 4 + ["idb2"] * 4 + ["tq"] * 4 + ["h"] * 2
+    labels = [0, 1, 0, 1] * 3 + [0, 0]
+    splits = {s.test_source: s for s in lodo_splits(sources, labels,
+                                                     linked_sources=[["idb1", "idb2"]])}
+    src = np.asarray(sources)
+    assert set(src[splits["idb1"].train_idx]) == {"tq", "h"}
+    assert set(src[splits["idb2"].train_idx]) == {"tq", "h"}
+    assert set(src[splits["tq"].train_idx]) == {"idb1", "idb2", "h"}
+    unlinked = {s.test_source: s for s in lodo_splits(sources, labels)}
+    assert "idb2" in set(src[unlinked["idb1"].train_idx])
+
+
+def test_lodo_linked_sources_absent_from_the_data_are_ignored_with_a_warning():
+    with pytest.warns(UserWarning, match="linked_sources names nope"):
+        splits = lodo_splits(["a", "a", "b", "b"], [0, 1, 0, 1], linked_sources=[["a", "nope"]])
+    assert [s.test_source for s in splits] == ["a", "b"]
+    assert all(len(s.train_idx) == 2 for s in splits)
