@@ -67,7 +67,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere without inst
 import numpy as np  # noqa: E402
 
 from leukdx.config import DataConfig, load_config  # noqa: E402
-from leukdx.runinfo import cpu_model, software_versions  # noqa: E402
+from leukdx.runinfo import cpu_model, device_info, software_versions  # noqa: E402
 
 BENCHMARKS = ("pipeline", "input_bound", "serving", "precision", "gpu")
 
@@ -340,16 +340,8 @@ def _ram_bytes() -> float:
 
 
 def gpu_names() -> list[str]:
-    import tensorflow as tf
-
-    names = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            details = tf.config.experimental.get_device_details(gpu)
-        except (ValueError, RuntimeError):
-            details = {}
-        names.append(str(details.get("device_name", gpu.name)))
-    return names
+    """Names of the GPUs TensorFlow sees (empty on a CPU-only machine)."""
+    return list(device_info()["gpus"])
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -914,8 +906,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="benchmarks/run.py",
         description="leukdx speed benchmarks; writes results.csv and results.md to --out.",
     )
-    parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"),
-                        help="collection of real images (default: ../shared/data)")
+    parser.add_argument("--data", default=os.environ.get("LEUKDX_SHARED_DATA")
+                        or str(REPO_ROOT.parent / "shared" / "data"),
+                        help="collection of real images (default: $LEUKDX_SHARED_DATA, else "
+                        "../shared/data)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks"),
                         help="folder for results.csv / results.md (default: benchmarks/)")
     parser.add_argument("--only", default=None,
