@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/pytest -q --nbmake tests notebooks
+	LEUKDX_SMALL=1 $(BIN)/pytest -q --nbmake tests notebooks
 
 lint: install
 	$(BIN)/ruff check leukdx tests benchmarks
