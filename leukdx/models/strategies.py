@@ -231,6 +231,10 @@ def model_backbone(model) -> BackboneSpec:
 # --------------------------------------------------------------------------- assembly
 
 
+# BatchNormalization momentum of backbones trained from scratch (``weights: none``).
+SCRATCH_BN_MOMENTUM = 0.9
+
+
 def _assemble(spec: BackboneSpec, strategy: str, image_size: int,
               weights: str | os.PathLike | None, augmentation,
               *, original_top: bool = False, head: Sequence[tuple[int, float]] = (),
@@ -305,6 +309,13 @@ def _assemble(spec: BackboneSpec, strategy: str, image_size: int,
         # pretraining data and a small batch would wreck them). A network trained from
         # scratch (weights none) has no statistics worth keeping, so its BN layers learn.
         use_inference_batchnorm(base_layers)
+    else:
+        # From scratch the moving statistics must catch up within a short run: Keras builds
+        # MobileNetV3 with momentum 0.999, whose averages still sit near their initial values
+        # after a few hundred steps, so every image gets the same output at inference.
+        for layer in base_layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, SCRATCH_BN_MOMENTUM)
     if frozen_blocks >= len(spec.blocks):
         for layer in base_layers:
             layer.trainable = False

@@ -18,7 +18,6 @@ from leukdx.features import evaluate as feature_evaluate
 from leukdx.features import extract
 from leukdx.features.evaluate import (
     FeatureTrainer,
-    _strip_classifier,
     run_feature_evaluation,
 )
 from leukdx.features.extract import FeatureSet, FeatureSource
@@ -131,11 +130,15 @@ def test_bad_classifier_settings_are_config_errors(tiny_collection, tmp_path, mo
         FeatureTrainer().key_fields(two)
 
 
-def test_classifier_grid_entry_is_stripped_from_table_labels():
-    assert _strip_classifier("loey [features.classifiers=tree]") == "loey"
-    assert _strip_classifier("x [features.model=runs/a, features.classifiers=knn1]") == \
-        "x [features.model=runs/a]"
-    assert _strip_classifier("plain") == "plain"
+def test_classifier_grid_entries_are_keyed_not_folded_into_the_experiment_label():
+    from leukdx.config import config_from_dict
+    from leukdx.evaluation.runner import expand_grid, experiment_label
+
+    cfg = config_from_dict({"name": "loey", "task": "features", "evaluate": {"grid": {
+        "features.classifiers": [["tree"], ["knn1"]], "train.learning_rate": [0.1]}}})
+    labels = {experiment_label(point) for point in expand_grid(cfg)}
+    # the classifier has its own column (strategy); other grid keys stay in the label
+    assert labels == {"loey [train.learning_rate=0.1]"}
 
 
 def test_loey_preset_is_table1_setting():

@@ -9,7 +9,12 @@ import pytest
 from leukdx.config import HeadConfig, ModelConfig
 from leukdx.models import backbone_layers, build_model, get_backbone, list_backbones
 from leukdx.models.layers import InferenceBatchNormalization, Preprocess
-from leukdx.models.strategies import head_layout, list_strategies, model_backbone
+from leukdx.models.strategies import (
+    SCRATCH_BN_MOMENTUM,
+    head_layout,
+    list_strategies,
+    model_backbone,
+)
 
 STRATEGIES = ["sft", "dft", "msft", "mdft"]
 FROZEN_BLOCKS = 2
@@ -80,8 +85,9 @@ def test_model_layout_and_trainable_layers_follow_the_strategy(backbone, strateg
     base = backbone_layers(model)
     assert base and base[0].name != "preprocess"
     bns = [layer for layer in base if isinstance(layer, keras.layers.BatchNormalization)]
-    # weights none: trained from scratch, so BN layers learn their statistics
+    # weights none: trained from scratch, so BN layers learn their statistics, quickly
     assert not any(isinstance(layer, InferenceBatchNormalization) for layer in bns)
+    assert all(layer.momentum <= SCRATCH_BN_MOMENTUM for layer in bns)
     top = model.layers[model.layers.index(base[-1]) + 1:]
     assert all(layer.trainable for layer in top), "dense layers are always trained"
 
