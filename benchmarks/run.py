@@ -74,17 +74,6 @@ BENCHMARKS = ("pipeline", "input_bound", "serving", "precision", "gpu")
 # JPEG sources with class folders: the formats every compared pipeline can read.
 PIPELINE_SOURCES = ("taleqani_all", "bccd", "pbc")
 
-# ImageDataGenerator settings of the LeukNet code (Vogado et al. 2021, §3.2).
-LEUKNET_GENERATOR = dict(
-    rotation_range=40,
-    width_shift_range=0.2,
-    height_shift_range=0.2,
-    shear_range=0.2,
-    zoom_range=0.2,
-    horizontal_flip=True,
-    vertical_flip=True,
-    fill_mode="reflect",
-)
 
 CSV_COLUMNS = (
     "benchmark", "case", "metric", "unit", "median", "min", "max", "passes",
@@ -533,7 +522,7 @@ def bench_pipeline(ctx: Context) -> None:
     import keras
     import tensorflow as tf
 
-    from leukdx.data.augment import build_augmentation
+    from leukdx.data.augment import LEUKNET_AFFINE, build_augmentation
     from leukdx.data.pipeline import ImageCache, make_dataset
     from leukdx.data.records import load_collection
 
@@ -601,7 +590,7 @@ def bench_pipeline(ctx: Context) -> None:
         # ImageDataGenerator.flow_from_directory, as in the LeukNet code.
         t0 = time.perf_counter()
         with quiet:
-            gen = ImageDataGenerator(**LEUKNET_GENERATOR).flow_from_directory(
+            gen = ImageDataGenerator(**LEUKNET_AFFINE).flow_from_directory(
                 str(staged), target_size=(size, size), batch_size=batch, class_mode="binary",
                 shuffle=True, seed=seed,
             )
