@@ -33,7 +33,6 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvaluateConfig",
-    "ExportConfig",
     "FeaturesConfig",
     "HeadConfig",
     "ModelConfig",
@@ -257,19 +256,6 @@ class FeaturesConfig:
 
 
 @dataclass
-class ExportConfig:
-    """Deployment export.
-
-    Args:
-        formats: any of ``savedmodel``, ``tflite``, ``keras``.
-        quantize: also write a dynamic-range quantised TFLite model.
-    """
-
-    formats: list[str] = field(default_factory=lambda: ["savedmodel", "tflite"])
-    quantize: bool = True
-
-
-@dataclass
 class Config:
     """A whole experiment.
 
@@ -288,7 +274,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 # Allowed values of enumerated settings, checked once here so that every layer can trust them.

@@ -95,7 +95,6 @@ RESUMABLE_CHANGES = frozenset(
         "data.cache_dir",
         "data.workers",
         "evaluate",
-        "export",
         "features",
     }
 )
