@@ -36,6 +36,7 @@ __all__ = [
     "FeaturesConfig",
     "HeadConfig",
     "ModelConfig",
+    "PretrainConfig",
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
@@ -140,6 +141,10 @@ class ModelConfig:
         weights: ``imagenet``, ``none`` or a path to a local weights file.
         head: the new dense layers (mSFT/mDFT).
         frozen_blocks: convolutional blocks frozen by SFT, counted from the input.
+        norm: normalisation layers of a backbone that has BatchNormalization: ``batch`` (as
+            built), ``group`` (GroupNormalization) or ``layer`` (LayerNormalization over
+            channels). ``group``/``layer`` need a backbone trained from scratch or weights
+            saved by ``leukdx pretrain`` with the same norm.
     """
 
     backbone: str = "vgg16"
@@ -147,6 +152,7 @@ class ModelConfig:
     weights: str = "imagenet"
     head: HeadConfig = field(default_factory=HeadConfig)
     frozen_blocks: int = 3
+    norm: str = "batch"
 
 
 @dataclass
@@ -214,6 +220,8 @@ class EvaluateConfig:
             configuration, e.g. ``{model.backbone: [vgg16, resnet50]}``.
         save_predictions: write per-fold predictions CSVs.
         plots: write PNG plots.
+        tta: test-time augmentation: average P(leukaemia) over the first ``tta`` of the 8
+            flips/rotations by 90 degrees (:mod:`leukdx.tta`); ``1`` predicts plainly.
     """
 
     protocol: str = "lodo"
@@ -227,6 +235,7 @@ class EvaluateConfig:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     save_predictions: bool = True
     plots: bool = True
+    tta: int = 1
 
 
 @dataclass
@@ -256,6 +265,32 @@ class FeaturesConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Self-supervised pretraining of the backbone (SimCLR, ``leukdx pretrain``).
+
+    Args:
+        epochs: passes over the unlabelled training images.
+        batch_size: images per step; each gives two augmented views (SimCLR's negatives are
+            the other 2 * (batch_size - 1) views of the batch).
+        learning_rate: Adam learning rate.
+        temperature: NT-Xent temperature.
+        projection_units: hidden units of the projection head.
+        projection_dim: output size of the projection head.
+        crop_scale: smallest fraction of the image side a random crop keeps.
+        cache_dir: folder of the weights pretrained once per evaluation fold.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    temperature: float = 0.2
+    projection_units: int = 256
+    projection_dim: int = 64
+    crop_scale: float = 0.5
+    cache_dir: str = ".leukdx_cache/pretrain"
+
+
+@dataclass
 class Config:
     """A whole experiment.
 
@@ -274,6 +309,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 # Allowed values of enumerated settings, checked once here so that every layer can trust them.
@@ -286,6 +322,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "augment.preset": ("leuknet", "loey", "none"),
     "augment.placement": ("pipeline", "model"),
     "model.strategy": ("sft", "dft", "msft", "mdft"),
+    "model.norm": ("batch", "group", "layer"),
     "train.optimizer": ("sgd", "adam", "rmsprop"),
     "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     "train.distribution": ("auto", "none", "mirrored", "multi_worker"),
@@ -402,9 +439,20 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("'evaluate.test_fraction' must be in (0, 1).")
     if e.k < 2:
         raise ConfigError("'evaluate.k' must be at least 2.")
+    if not 1 <= e.tta <= 8:
+        raise ConfigError(
+            f"'evaluate.tta' is {e.tta}; it counts flips/rotations to average, from 1 (none) to 8."
+        )
+    pre = cfg.pretrain
+    if pre.temperature <= 0:
+        raise ConfigError(f"'pretrain.temperature' is {pre.temperature}; it must be above 0.")
+    if not 0.0 < pre.crop_scale <= 1.0:
+        raise ConfigError(f"'pretrain.crop_scale' is {pre.crop_scale}; it must be in (0, 1].")
     for name, value in (("augment.expand", cfg.augment.expand), ("evaluate.runs", e.runs),
                         ("evaluate.repeats", e.repeats), ("train.epochs", t.epochs),
-                        ("train.batch_size", t.batch_size)):
+                        ("train.batch_size", t.batch_size),
+                        ("pretrain.epochs", cfg.pretrain.epochs),
+                        ("pretrain.batch_size", cfg.pretrain.batch_size)):
         if value < 1:
             raise ConfigError(f"'{name}' must be at least 1, got {value}.")
     for source, layout in d.layouts.items():
