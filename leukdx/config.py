@@ -27,6 +27,8 @@ from typing import Any, Union
 
 import yaml
 
+from leukdx.errors import ConfigError
+
 __all__ = [
     "AugmentConfig",
     "Config",
@@ -42,11 +44,8 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "save_config",
+    "validate_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message says which and what to do."""
 
 
 # Class-folder names recognised by the ``folders`` layout (compared case-insensitively).
@@ -170,6 +169,9 @@ class TrainConfig:
             (grouped and stratified); ``0`` disables validation.
         validation_source: use this source as the validation set instead of a split.
         precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
+        jit_compile: XLA compilation of training and prediction: ``auto`` (off on a
+            CPU-only machine, where it measured several times slower; on a GPU Keras decides
+            per model), ``true`` or ``false`` (see :func:`leukdx.precision.resolve_jit_compile`).
         distribution: ``auto`` (MirroredStrategy when >1 GPU), ``none``, ``mirrored`` or
             ``multi_worker``.
         early_stopping_patience: epochs without val_loss improvement before stopping;
@@ -191,6 +193,7 @@ class TrainConfig:
     validation_split: float = 0.25
     validation_source: str | None = None
     precision: str = "auto"
+    jit_compile: bool | str = "auto"
     distribution: str = "auto"
     early_stopping_patience: int | None = None
     reduce_lr_patience: int | None = None
@@ -435,6 +438,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"'data.image_size' is {d.image_size}; it must be at least 32 pixels.")
     if not 0.0 <= t.validation_split < 1.0:
         raise ConfigError("'train.validation_split' must be in [0, 1).")
+    t.jit_compile = _jit_compile_setting(t.jit_compile)
     if not 0.0 < e.test_fraction < 1.0:
         raise ConfigError("'evaluate.test_fraction' must be in (0, 1).")
     if e.k < 2:
@@ -463,6 +467,85 @@ def _validate(cfg: Config) -> None:
             )
     for key in e.grid:
         _check_dotted_key(key, where="evaluate.grid")
+
+
+def _jit_compile_setting(value: Any) -> bool | str:
+    """``train.jit_compile`` as True, False or ``"auto"`` (YAML may give a bool or a string)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto", "true", "false"):
+        return {"true": True, "false": False}.get(text, "auto")
+    raise ConfigError(f"'train.jit_compile' is {value!r}; choose auto, true or false.")
+
+
+def validate_config(cfg: Config, *, check_weights: bool = False) -> Config:
+    """Check ``cfg`` against the registries before any image is read.
+
+    Checks every configuration the experiment will build (``cfg`` itself and each
+    combination of ``evaluate.grid``): the backbone and strategy are registered,
+    ``data.image_size`` is at least the backbone's minimum, ``model.frozen_blocks`` and
+    ``model.head`` fit the backbone, and the feature classifiers are registered. With ``check_weights`` the pretrained weights must also be at
+    hand (a cached or downloadable ImageNet file, or an existing weights file).
+
+    Args:
+        cfg: a config from :func:`load_config`.
+        check_weights: also resolve ``model.weights`` (may probe the network for ImageNet
+            weights that are not cached, for up to 3 s).
+
+    Returns:
+        ``cfg``, unchanged.
+
+    Raises:
+        ConfigError: a setting names something unregistered or does not fit the backbone.
+        WeightsUnavailableError: with ``check_weights``, the weights cannot be had.
+
+    Example:
+        >>> validate_config(load_config(overrides=["model.backbone=vgg16"])).model.backbone
+        'vgg16'
+    """
+    import itertools
+
+    from leukdx.features.classifiers import list_classifiers
+    from leukdx.models.backbones import get_backbone
+    from leukdx.models.strategies import get_strategy, head_layout
+    from leukdx.models.weights import resolve_weights
+
+    unknown = [name for name in cfg.features.classifiers if name not in list_classifiers()]
+    if unknown:
+        raise ConfigError(
+            f"'features.classifiers' names {', '.join(unknown)}, which are not registered; "
+            f"choose from {', '.join(list_classifiers())}."
+        )
+    grid = cfg.evaluate.grid
+    variants = [cfg] + [
+        replace(cfg, dict(zip(grid, values))) for values in itertools.product(*grid.values())
+    ] if grid else [cfg]
+    seen: set[tuple] = set()
+    for variant in variants:
+        m = variant.model
+        key = (m.backbone, m.strategy, m.weights, variant.data.image_size, m.frozen_blocks,
+               repr(m.head))
+        if key in seen:
+            continue
+        seen.add(key)
+        spec = get_backbone(m.backbone)
+        spec.check_size(variant.data.image_size)
+        if variant.task == "finetune":
+            try:
+                get_strategy(m.strategy)
+                head_layout(spec, m.head)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if m.strategy == "sft" and not 0 <= m.frozen_blocks <= len(spec.blocks):
+                raise ConfigError(
+                    f"'model.frozen_blocks' is {m.frozen_blocks}, out of range for "
+                    f"model.backbone={spec.name}, which has {len(spec.blocks)} blocks "
+                    f"({', '.join(spec.blocks)}); use 0 to {len(spec.blocks)}."
+                )
+        if check_weights and not (variant.task == "features" and variant.features.model):
+            resolve_weights(spec, m.weights)
+    return cfg
 
 
 def _check_dotted_key(key: str, where: str = "--set") -> None:

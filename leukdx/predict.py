@@ -49,6 +49,7 @@ from leukdx.data.decode import (
     load_image,
     read_image,
 )
+from leukdx.errors import ModelFileError, UnsafeModelError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import keras
@@ -81,10 +82,6 @@ SERVING_METADATA = Path("assets.extra") / "leukdx_serving.json"
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_ASPECT = "stretch"
-
-
-class UnsafeModelError(ValueError):
-    """A ``.keras`` file holds code (e.g. a ``Lambda`` layer) that safe mode will not run."""
 
 
 # --------------------------------------------------------------------------- loading models

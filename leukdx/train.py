@@ -45,6 +45,7 @@ import pandas as pd
 import yaml
 
 from leukdx.config import Config, ConfigError, TrainConfig, config_to_dict, save_config
+from leukdx.errors import RunFolderError
 from leukdx.runinfo import device_info, read_json, software_versions, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -98,10 +99,6 @@ RESUMABLE_CHANGES = frozenset(
         "features",
     }
 )
-
-
-class RunFolderError(RuntimeError):
-    """The output folder holds a different run; the message says how to proceed."""
 
 
 @dataclass

@@ -32,6 +32,8 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from leukdx.errors import DataError
+
 __all__ = [
     "ASPECTS",
     "IMAGE_EXTENSIONS",
@@ -60,7 +62,7 @@ _REDUCING_GAP = 3.0
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
-class BadImageError(ValueError):
+class BadImageError(DataError):
     """A file cannot be decoded as an image.
 
     Args:

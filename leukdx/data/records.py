@@ -52,6 +52,7 @@ import pandas as pd
 from leukdx.config import DataConfig
 from leukdx.data.decode import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_preview
 from leukdx.data.dedup import assign_groups, dhash_hex, mixed_label_groups, sha256_bytes
+from leukdx.errors import DataError
 
 __all__ = [
     "COLUMNS",
@@ -93,10 +94,6 @@ _ALLIDB_STEM = re.compile(r"^.+_([01])$")
 _SCAN_COLUMNS = ["path", "size", "mtime_ns", "sha256", "dhash", "width", "height", "format"]
 _SCAN_FILE = "scan.csv"
 _PREVIEW_SIDE = 128  # dHash preview resolution (JPEG draft scale), see decode.load_preview
-
-
-class DataError(ValueError):
-    """The data on disk cannot be used as configured; the message names the folder/file."""
 
 
 class DataWarning(UserWarning):

@@ -25,16 +25,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from leukdx.errors import LeakageError
+
 __all__ = [
     "LeakageError",
     "assert_no_leakage",
     "confound_warning",
     "source_confound",
 ]
-
-
-class LeakageError(AssertionError):
-    """A training and a test set share images; the message names the split and examples."""
 
 
 def _dhash_bits(hex_hashes: Sequence[str]) -> np.ndarray:

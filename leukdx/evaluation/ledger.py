@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leukdx.errors import LedgerError
 from leukdx.evaluation.metrics import COUNT_NAMES, METRIC_NAMES
 
 __all__ = [
@@ -82,10 +83,6 @@ METRIC_ABBREVIATIONS = {
     "roc_auc": "AUC",
     "balanced_accuracy": "BA",
 }
-
-
-class LedgerError(ValueError):
-    """A ledger row is malformed or duplicates a finished fold."""
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from leukdx.errors import ConfigError, UnknownBackboneError
 from leukdx.models.alexnet import ALEXNET_DEFAULT_SIZE, ALEXNET_MIN_SIZE
 from leukdx.models.weights import WeightsFile, load_pretrained, resolve_weights
 
@@ -53,10 +54,6 @@ __all__ = [
 ]
 
 _KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
-
-
-class UnknownBackboneError(ValueError):
-    """``model.backbone`` names no registered backbone."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +113,9 @@ class BackboneSpec:
             raise ValueError(f"{self.name}: default_head units and dropout differ in length.")
 
     def check_size(self, image_size: int) -> None:
-        """Raise a ValueError naming the settings when ``image_size`` is below ``min_size``."""
+        """Raise a ConfigError naming the settings when ``image_size`` is below ``min_size``."""
         if int(image_size) < self.min_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.image_size={image_size} is too small for model.backbone={self.name}: it "
                 f"needs at least {self.min_size} px (default {self.default_size}). Raise "
                 f"data.image_size or pick another backbone."
@@ -141,7 +138,7 @@ class BackboneSpec:
             A functional ``keras.Model``.
 
         Raises:
-            ValueError: the input is smaller than ``min_size``.
+            ConfigError: the input is smaller than ``min_size``.
             WeightsUnavailableError: the weights cannot be had (see ``resolve_weights``).
         """
         if input_shape is None:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from leukdx.errors import WeightsUnavailableError
+
 if TYPE_CHECKING:  # pragma: no cover
     from leukdx.models.backbones import BackboneSpec
 
@@ -49,10 +51,6 @@ __all__ = [
 IMAGENET_HOST = "storage.googleapis.com"
 WEIGHT_FILE_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
 _NO_WEIGHTS = {"none", "null", "random", ""}
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights cannot be had; the message says what to download or set instead."""
 
 
 @dataclass(frozen=True)
