@@ -1,16 +1,22 @@
 """PNG figures: training curves, confusion matrices, ROC curves, metric bars and t-SNE maps.
 
-Figures are built with the object-oriented Matplotlib API on the Agg canvas (no ``pyplot``, so
-no global figure registry to leak memory in long grids and no GUI backend is ever touched). Each
-function writes the PNG to a temporary file beside the target and moves it into place with
-``os.replace``, so a reader never sees half a picture, and returns the final path.
+Each figure has two functions: ``*_figure`` builds and returns the Matplotlib
+:class:`~matplotlib.figure.Figure` (to show in a notebook, or to check what is drawn), and
+``plot_*`` builds it and saves it as a PNG, returning the path. Figures use the
+object-oriented Matplotlib API on the Agg canvas (no ``pyplot``, so no global figure registry
+to leak memory in long grids and no GUI backend is ever touched) and are written atomically
+(:func:`leukdx.io.atomic_output`), so a reader never sees half a picture.
 
 No TensorFlow.
 
 Example:
     >>> import pandas as pd, tempfile, pathlib
-    >>> history = pd.DataFrame({"accuracy": [0.6, 0.8], "val_accuracy": [0.55, 0.7],
-    ...                         "loss": [0.7, 0.4], "val_loss": [0.72, 0.6]})
+    >>> history = pd.DataFrame({"epoch": [0, 1], "accuracy": [0.6, 0.8],
+    ...                         "val_accuracy": [0.55, 0.7], "loss": [0.7, 0.4],
+    ...                         "val_loss": [0.72, 0.6]})
+    >>> fig = curves_figure(history, majority_baseline=("healthy", 0.69))
+    >>> [int(t) for t in fig.axes[0].get_xticks()]
+    [0, 1]
     >>> plot_curves(history, pathlib.Path(tempfile.mkdtemp()) / "curves.png").name
     'curves.png'
 """
@@ -27,37 +33,51 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from leukdx.io import atomic_output
 
 __all__ = [
+    "confusion_matrix_figure",
+    "curves_figure",
+    "metric_bars_figure",
     "plot_confusion_matrix",
     "plot_curves",
     "plot_metric_bars",
     "plot_roc",
     "plot_tsne",
+    "roc_figure",
+    "save_figure",
+    "tsne_figure",
 ]
 
 CLASS_NAMES = ("healthy", "leukaemia")
 CLASS_COLOURS = ("tab:blue", "tab:red")
+# Metrics whose range is [-1, 1] rather than [0, 1] (their error bars may go below zero).
+SIGNED_METRICS = frozenset({"mcc"})
+# Up to this many epochs every epoch gets a tick; beyond, Matplotlib picks integer ticks.
+MAX_EPOCH_TICKS = 20
 
 
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Save ``fig`` as PNG atomically (temporary file + ``os.replace``)."""
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Save ``fig`` as a PNG atomically (folders created) and return the path.
+
+    Args:
+        fig: the figure.
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-        fig.clear()
     return path
 
 
@@ -65,21 +85,67 @@ def _first_column(df: pd.DataFrame, names: Sequence[str]) -> str | None:
     return next((n for n in names if n in df.columns), None)
 
 
-def plot_curves(history: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> Path:
+# --------------------------------------------------------------------------- training curves
+
+
+def best_epoch_of(history: pd.DataFrame) -> int | None:
+    """The epoch whose weights a run keeps: lowest ``val_loss``, else lowest ``loss``.
+
+    Args:
+        history: ``history.csv`` as a table.
+
+    Returns:
+        The ``epoch`` value of that row (0-based, as in ``history.csv``), or ``None`` when
+        neither loss was recorded.
+    """
+    monitor = _first_column(history, ("val_loss", "loss"))
+    if monitor is None:
+        return None
+    values = pd.to_numeric(history[monitor], errors="coerce")
+    if values.notna().sum() == 0:
+        return None
+    epochs = _epochs(history)
+    return int(epochs[int(np.nanargmin(values.to_numpy(dtype=np.float64)))])
+
+
+def _epochs(history: pd.DataFrame) -> np.ndarray:
+    if "epoch" in history.columns:
+        return history["epoch"].to_numpy().astype(int)
+    return np.arange(len(history))
+
+
+def curves_figure(
+    history: pd.DataFrame,
+    title: str | None = None,
+    *,
+    best_epoch: int | None | str = "auto",
+    majority_baseline: tuple[str, float] | None = None,
+) -> Figure:
     """Training and validation accuracy (left) and loss (right) per epoch (LeukNet Fig. 7).
+
+    Epochs are numbered as in ``history.csv`` and ``run.json`` (from 0) and the x axis has
+    integer ticks only. A dotted line and a star mark the best epoch (the saved model); the
+    dashed line in the accuracy panel is the accuracy of always answering the majority
+    class, so a model that learnt nothing but the class balance is visible at a glance.
 
     Args:
         history: Keras history as a table (``history.csv``): ``accuracy`` (or
-            ``binary_accuracy``/``acc``), ``loss`` and their ``val_`` counterparts; an
-            ``epoch`` column (0-based, as CSVLogger writes) is used for the x axis when present.
-        path: the PNG to write.
+            ``binary_accuracy``/``acc``), ``loss`` and their ``val_`` counterparts, and the
+            0-based ``epoch`` column CSVLogger writes (row numbers are used without it).
         title: optional figure title.
+        best_epoch: the epoch to mark; ``"auto"`` (default) the lowest ``val_loss`` (else
+            ``loss``), the rule the training run uses to keep weights; ``None`` marks none.
+        majority_baseline: ``(class name, share)`` of the majority class in the set the
+            validation accuracy is measured on, e.g. ``("healthy", 0.692)``.
 
     Returns:
-        The PNG path.
+        The figure.
 
     Raises:
         ValueError: the table has neither an accuracy nor a loss column, or no rows.
+
+    Example:
+        >>> fig = curves_figure(history, majority_baseline=("healthy", 0.692))  # doctest: +SKIP
     """
     if history.empty:
         raise ValueError("plot_curves: the history has no epochs.")
@@ -90,11 +156,9 @@ def plot_curves(history: pd.DataFrame, path: str | os.PathLike, title: str | Non
             "plot_curves: the history has no 'accuracy' or 'loss' column (columns: "
             f"{', '.join(map(str, history.columns))})."
         )
-    epochs = (
-        (history["epoch"].to_numpy() + 1)
-        if "epoch" in history.columns
-        else (np.arange(1, len(history) + 1))
-    )
+    epochs = _epochs(history)
+    if isinstance(best_epoch, str):
+        best_epoch = best_epoch_of(history)
     fig = _figure(10, 4)
     panels = [(accuracy, "Accuracy", "(a)"), (loss, "Loss", "(b)")]
     for i, (column, label, letter) in enumerate(panels):
@@ -104,16 +168,61 @@ def plot_curves(history: pd.DataFrame, path: str | os.PathLike, title: str | Non
             ax.set_axis_off()
             continue
         ax.plot(epochs, history[column], marker="o", ms=3, label="training")
-        if f"val_{column}" in history.columns:
-            ax.plot(epochs, history[f"val_{column}"], marker="s", ms=3, label="validation")
-        ax.set_xlabel("epoch")
+        validation = f"val_{column}"
+        if validation in history.columns:
+            ax.plot(epochs, history[validation], marker="s", ms=3, label="validation")
+        if majority_baseline is not None and column == accuracy:
+            name, share = majority_baseline
+            ax.axhline(float(share), ls="--", color="grey", lw=1.2,
+                       label=f"always '{name}' ({float(share):.3f})")
+        if best_epoch is not None and best_epoch in set(epochs.tolist()):
+            marked = validation if validation in history.columns else column
+            value = history[marked].to_numpy(dtype=np.float64)[list(epochs).index(best_epoch)]
+            ax.axvline(best_epoch, ls=":", color="black", lw=1)
+            ax.plot([best_epoch], [value], marker="*", ms=14, color="gold", mec="black",
+                    ls="none", label=f"best epoch {best_epoch} (saved model)")
+        if len(set(epochs.tolist())) <= MAX_EPOCH_TICKS:
+            ax.set_xticks(sorted(set(epochs.tolist())))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if epochs.min() == epochs.max():  # one epoch: a narrow window around its tick
+            ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+        ax.set_xlabel("epoch (from 0, as in history.csv)")
         ax.set_ylabel(label.lower())
         ax.set_title(f"{letter} {label}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
+
+
+def plot_curves(
+    history: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str | None = None,
+    *,
+    best_epoch: int | None | str = "auto",
+    majority_baseline: tuple[str, float] | None = None,
+) -> Path:
+    """Save :func:`curves_figure` as a PNG (``curves.png`` of a run) and return its path.
+
+    Args:
+        history: see :func:`curves_figure`.
+        path: the PNG to write.
+        title: optional figure title.
+        best_epoch: see :func:`curves_figure`.
+        majority_baseline: see :func:`curves_figure`.
+
+    Returns:
+        The PNG path.
+    """
+    fig = curves_figure(history, title, best_epoch=best_epoch,
+                        majority_baseline=majority_baseline)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- confusion matrix
 
 
 def _as_matrix(cm: Any) -> np.ndarray:
@@ -132,17 +241,55 @@ def _as_matrix(cm: Any) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def confusion_matrix_figure(
+    cm: Mapping[str, int] | np.ndarray | Sequence[Sequence[int]],
+    title: str = "Confusion matrix",
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> Figure:
+    """A 2x2 confusion matrix (scikit-learn's ``ConfusionMatrixDisplay``) with counts and
+    row-normalised percentages; cells are coloured by the share of their true class.
+
+    Args:
+        cm: ``{"tp", "tn", "fp", "fn"}`` counts (e.g. a ``binary_metrics`` result or a ledger
+            row), or the scikit-learn 2x2 matrix ``[[tn, fp], [fn, tp]]`` (rows = true class).
+        title: figure title.
+        class_names: names of class 0 and 1.
+
+    Returns:
+        The figure; cell texts read ``"<count>\\n<percent of the row>"``.
+    """
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    matrix = _as_matrix(cm)
+    totals = matrix.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(totals > 0, matrix / np.maximum(totals, 1), np.nan)
+    fig = _figure(4.8, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    display = ConfusionMatrixDisplay(np.nan_to_num(share), display_labels=list(class_names))
+    display.plot(ax=ax, cmap="Blues", colorbar=False, im_kw={"vmin": 0.0, "vmax": 1.0},
+                 text_kw={"fontsize": 12})
+    fig.colorbar(display.im_, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    for r in range(2):
+        for c in range(2):
+            pct = "–" if np.isnan(share[r, c]) else f"{100 * share[r, c]:.1f}%"
+            display.text_[r, c].set_text(f"{matrix[r, c]}\n{pct}")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return fig
+
+
 def plot_confusion_matrix(
     cm: Mapping[str, int] | np.ndarray | Sequence[Sequence[int]],
     path: str | os.PathLike,
     title: str = "Confusion matrix",
     class_names: Sequence[str] = CLASS_NAMES,
 ) -> Path:
-    """A 2x2 confusion matrix with counts and row-normalised percentages.
+    """Save :func:`confusion_matrix_figure` as a PNG and return its path.
 
     Args:
-        cm: ``{"tp", "tn", "fp", "fn"}`` counts (e.g. a ``binary_metrics`` result or a ledger
-            row), or the scikit-learn 2x2 matrix ``[[tn, fp], [fn, tp]]`` (rows = true class).
+        cm: counts or 2x2 matrix, see :func:`confusion_matrix_figure`.
         path: the PNG to write.
         title: figure title.
         class_names: names of class 0 and 1.
@@ -150,95 +297,135 @@ def plot_confusion_matrix(
     Returns:
         The PNG path.
     """
-    matrix = _as_matrix(cm)
-    totals = matrix.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(totals > 0, matrix / np.maximum(totals, 1), np.nan)
-    fig = _figure(4.6, 4)
+    return save_figure(confusion_matrix_figure(cm, title, class_names), path)
+
+
+# --------------------------------------------------------------------------- ROC
+
+
+def _scores(label: str, pair: tuple[Sequence[int], Sequence[float]]):
+    y = np.asarray(pair[0]).reshape(-1).astype(int)
+    p = np.asarray(pair[1], dtype=np.float64).reshape(-1)
+    if y.size != p.size:
+        raise ValueError(f"plot_roc: '{label}' has {y.size} labels and {p.size} scores.")
+    return y, p
+
+
+def roc_figure(
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    title: str = "ROC",
+    folds: Mapping[str, Sequence[tuple[Sequence[int], Sequence[float]]]] | None = None,
+) -> Figure:
+    """ROC curves (scikit-learn's ``RocCurveDisplay``): one bold pooled curve per entry and,
+    when the folds are given, each fold's curve faint in the same colour.
+
+    The legend says which AUC is which: "pooled AUC" is the area under the one ROC of all
+    predictions together; "fold mean" is the mean ± std of the per-fold AUCs, the number
+    ``summary.csv`` reports as ``roc_auc_mean``.
+
+    Args:
+        curves: label (e.g. test source) → ``(y_true, y_prob)`` of all its predictions. An
+            entry whose labels hold one class has no ROC curve; the legend says so.
+        title: figure title.
+        folds: label → one ``(y_true, y_prob)`` per fold run, drawn faint; folds holding
+            one class are skipped (they have no ROC).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: no curves, or labels and scores of different lengths.
+    """
+    from sklearn.metrics import RocCurveDisplay, roc_auc_score
+
+    if not curves:
+        raise ValueError("plot_roc: no curves given.")
+    fig = _figure(5.6, 5.6)
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(np.nan_to_num(share), cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-    for r in range(2):
-        for c in range(2):
-            pct = "–" if np.isnan(share[r, c]) else f"{100 * share[r, c]:.1f}%"
-            dark = not np.isnan(share[r, c]) and share[r, c] > 0.5
-            ax.text(
-                c,
-                r,
-                f"{matrix[r, c]}\n{pct}",
-                ha="center",
-                va="center",
-                color="white" if dark else "black",
-                fontsize=12,
-            )
-    ax.set_xticks([0, 1], labels=list(class_names))
-    ax.set_yticks([0, 1], labels=list(class_names))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC 0.5)")
+    for i, (label, pair) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        y, p = _scores(label, pair)
+        fold_aucs = []
+        for k, fold in enumerate((folds or {}).get(label, ())):
+            fy, fp = _scores(f"{label} fold {k}", fold)
+            if np.unique(fy).size < 2:
+                continue
+            fold_aucs.append(roc_auc_score(fy, fp))
+            RocCurveDisplay.from_predictions(
+                fy, fp, ax=ax, name=f"_{label} fold {k}",
+                curve_kwargs={"color": colour, "alpha": 0.25, "lw": 0.8},
+            ).line_.set_label(f"_{label} fold {k}")  # a leading _ keeps it out of the legend
+        if np.unique(y).size < 2:
+            ax.plot([], [], color=colour, label=f"{label}: one class, no ROC")
+            continue
+        text = f"{label}: pooled AUC {roc_auc_score(y, p):.3f}"
+        if fold_aucs:
+            text += (f"; fold mean {np.mean(fold_aucs):.3f} ± {np.std(fold_aucs, ddof=1):.3f}"
+                     if len(fold_aucs) > 1 else f"; 1 fold {fold_aucs[0]:.3f}")
+            text += f" ({len(fold_aucs)} folds)" if len(fold_aucs) > 1 else ""
+        display = RocCurveDisplay.from_predictions(
+            y, p, ax=ax, name=label, curve_kwargs={"color": colour, "lw": 2.2}
+        )
+        display.line_.set_label(text)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (1 − specificity)")
+    ax.set_ylabel("true positive rate (recall)")
     ax.set_title(title)
-    return _save(fig, path)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    return fig
 
 
 def plot_roc(
     curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
     path: str | os.PathLike,
     title: str = "ROC",
+    folds: Mapping[str, Sequence[tuple[Sequence[int], Sequence[float]]]] | None = None,
 ) -> Path:
-    """ROC curves, one per entry, with the AUC in the legend.
+    """Save :func:`roc_figure` as a PNG and return its path.
 
     Args:
-        curves: label → ``(y_true, y_prob)``. An entry whose labels hold one class has no ROC
-            curve; it is listed in the legend as such.
+        curves: label → ``(y_true, y_prob)`` pooled over folds, see :func:`roc_figure`.
         path: the PNG to write.
         title: figure title.
+        folds: label → per-fold ``(y_true, y_prob)`` pairs, drawn faint.
 
     Returns:
         The PNG path.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    if not curves:
-        raise ValueError("plot_roc: no curves given.")
-    fig = _figure(5, 5)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    for label, (y_true, y_prob) in curves.items():
-        y = np.asarray(y_true).reshape(-1)
-        p = np.asarray(y_prob, dtype=np.float64).reshape(-1)
-        if y.size != p.size:
-            raise ValueError(f"plot_roc: '{label}' has {y.size} labels and {p.size} scores.")
-        if np.unique(y).size < 2:
-            ax.plot([], [], label=f"{label} (one class: no ROC)")
-            continue
-        fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=2, label=f"{label} (AUC = {roc_auc_score(y, p):.3f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (recall)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(roc_figure(curves, title, folds), path)
 
 
-def plot_metric_bars(
+# --------------------------------------------------------------------------- metric bars
+
+
+def _clipped_errors(means: np.ndarray, stds: np.ndarray, lowest: float) -> np.ndarray:
+    """``(2, n)`` asymmetric error bars: ±std cut at the metric's range [lowest, 100]."""
+    lower = np.minimum(stds, np.maximum(means - lowest, 0.0))
+    upper = np.minimum(stds, np.maximum(100.0 - means, 0.0))
+    return np.vstack([lower, upper])
+
+
+def metric_bars_figure(
     summary: pd.DataFrame,
-    path: str | os.PathLike,
     metrics: Sequence[str] = ("accuracy", "precision", "recall", "specificity", "mcc"),
     title: str | None = None,
-) -> Path:
-    """Grouped bars of mean metrics (%) with std error bars, one panel per test source.
+) -> Figure:
+    """Grouped bars of mean metrics (%) with ±std error bars, one panel per test source.
+
+    Error bars stop at the ends of each metric's range (0-100 %; MCC -100-100 %), and the
+    legend of the configurations sits below the panels, never over a bar.
 
     Args:
         summary: output of :func:`leukdx.evaluation.ledger.summarize` (``<metric>_mean`` and
             ``<metric>_std`` columns, ``test_source``).
-        path: the PNG to write.
         metrics: metrics to show (x axis groups).
         title: optional figure title.
 
     Returns:
-        The PNG path.
+        The figure.
     """
     from leukdx.evaluation.ledger import METRIC_ABBREVIATIONS, config_labels
 
@@ -258,9 +445,10 @@ def plot_metric_bars(
     )
     configs = list(dict.fromkeys(labels))
     colours = {c: f"C{i % 10}" for i, c in enumerate(configs)}
-    fig = _figure(max(5.0, 1.2 * len(metrics) * len(blocks) + 1), 4.2)
+    fig = _figure(max(5.0, 1.2 * len(metrics) * len(blocks) + 1), 4.6)
     x = np.arange(len(metrics))
     width = 0.8 / max(1, len(configs))
+    lowest = np.array([-100.0 if m in SIGNED_METRICS else 0.0 for m in metrics])
     axes = []
     for b, (key, index) in enumerate(blocks):
         ax = fig.add_subplot(1, len(blocks), b + 1, sharey=axes[0] if axes else None)
@@ -273,53 +461,87 @@ def plot_metric_bars(
             if rows.empty:
                 continue
             row = rows.iloc[0]
-            means = np.array([row[f"{m}_mean"] for m in metrics], dtype=np.float64) * 100
-            stds = np.array([row.get(f"{m}_std", np.nan) for m in metrics], dtype=np.float64) * 100
+            means = np.nan_to_num(
+                np.array([row[f"{m}_mean"] for m in metrics], dtype=np.float64) * 100)
+            stds = np.nan_to_num(np.array([row.get(f"{m}_std", np.nan) for m in metrics],
+                                          dtype=np.float64) * 100)
             ax.bar(
                 x + (j - (len(configs) - 1) / 2) * width,
-                np.nan_to_num(means),
+                means,
                 width,
-                yerr=np.nan_to_num(stds),
+                yerr=_clipped_errors(means, stds, lowest),
                 capsize=2,
                 color=colours[config],
                 label=config,
             )
         ax.set_xticks(x, labels=[METRIC_ABBREVIATIONS.get(m, m) for m in metrics])
-        ax.set_title(parts.get("test_source") or "all")
+        ax.set_title(str(parts.get("test_source") or "all"))
         ax.axhline(0, color="black", lw=0.8)
         ax.grid(axis="y", alpha=0.3)
+    top = 105.0
+    bottom = min(0.0, *(ax.get_ylim()[0] for ax in axes))
+    axes[0].set_ylim(bottom, top)
     axes[0].set_ylabel("%")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    handles, names = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:  # a configuration may be missing from the first panel
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="outside lower center", fontsize=8,
+               ncols=min(len(names), 4), frameon=False)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_tsne(
+def plot_metric_bars(
+    summary: pd.DataFrame,
+    path: str | os.PathLike,
+    metrics: Sequence[str] = ("accuracy", "precision", "recall", "specificity", "mcc"),
+    title: str | None = None,
+) -> Path:
+    """Save :func:`metric_bars_figure` as a PNG (``plots/metrics.png``) and return its path.
+
+    Args:
+        summary: output of :func:`leukdx.evaluation.ledger.summarize`.
+        path: the PNG to write.
+        metrics: metrics to show (x axis groups).
+        title: optional figure title.
+
+    Returns:
+        The PNG path.
+    """
+    return save_figure(metric_bars_figure(summary, metrics, title), path)
+
+
+# --------------------------------------------------------------------------- t-SNE
+
+
+def tsne_figure(
     embedding: np.ndarray,
     labels: Sequence[int],
     sources: Sequence[str],
-    path: str | os.PathLike,
     boundary: Callable[[np.ndarray], np.ndarray] | None = None,
     title: str | None = None,
-) -> Path:
-    """A 2-D embedding coloured by class (left) and by source (right).
+) -> Figure:
+    """A 2-D embedding coloured by class (left) and, when it holds several sources, by
+    source (right).
 
-    Two panels side by side show whether the feature space separates the diseases or the
-    databases (LeukNet §4.3).
+    The two panels show whether the feature space separates the diseases or the databases
+    (LeukNet §4.3); a map of one source has the class panel only.
 
     Args:
         embedding: (N, 2) coordinates (e.g. t-SNE of deep features).
         labels: 0/1 label per point.
         sources: source name per point.
-        path: the PNG to write.
         boundary: optional decision function of a 2-D classifier: called with an (M, 2) array
-            of grid points, it returns (M,) decision values; the 0 level is drawn on both panels
-            (e.g. ``svm.decision_function`` of an SVM fitted on the embedding).
+            of grid points, it returns (M,) decision values; the 0 level is drawn on every
+            panel (e.g. ``svm.decision_function`` of an SVM fitted on the embedding).
         title: optional figure title.
 
     Returns:
-        The PNG path.
+        The figure.
     """
     points = np.asarray(embedding, dtype=np.float64)
     y = np.asarray(labels).reshape(-1)
@@ -346,16 +568,17 @@ def plot_tsne(
                 f"for {gx.size} grid points; it must return one per point."
             )
         grid = (gx, gy, values.reshape(gx.shape))
-    fig = _figure(11, 5)
     names = list(dict.fromkeys(src.tolist()))
     palette = "tab10" if len(names) <= 10 else "tab20"
     colormap = colormaps[palette]
-    panels = [
-        ("class", [(CLASS_NAMES[c], y == c, CLASS_COLOURS[c]) for c in (0, 1)]),
-        ("source", [(n, src == n, colormap(i % colormap.N)) for i, n in enumerate(names)]),
-    ]
+    panels = [("class", [(CLASS_NAMES[c], y == c, CLASS_COLOURS[c]) for c in (0, 1)])]
+    if len(names) > 1:  # one source would be one colour: nothing to compare
+        panels.append(
+            ("source", [(n, src == n, colormap(i % colormap.N)) for i, n in enumerate(names)])
+        )
+    fig = _figure(5.5 * len(panels), 5)
     for i, (what, groups) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
+        ax = fig.add_subplot(1, len(panels), i + 1)
         for name, mask, colour in groups:
             if mask.any():
                 ax.scatter(
@@ -369,10 +592,34 @@ def plot_tsne(
                 )
         if grid is not None and np.nanmin(grid[2]) < 0 < np.nanmax(grid[2]):
             ax.contour(grid[0], grid[1], grid[2], levels=[0.0], colors="black", linewidths=1.5)
-        ax.set_title(f"coloured by {what}")
+        ax.set_title(f"coloured by {what}" if len(panels) > 1 else f"{names[0]}: coloured by class")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(fontsize=7, markerscale=1.5, loc="best")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
+
+
+def plot_tsne(
+    embedding: np.ndarray,
+    labels: Sequence[int],
+    sources: Sequence[str],
+    path: str | os.PathLike,
+    boundary: Callable[[np.ndarray], np.ndarray] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Save :func:`tsne_figure` as a PNG and return its path.
+
+    Args:
+        embedding: (N, 2) coordinates.
+        labels: 0/1 label per point.
+        sources: source name per point.
+        path: the PNG to write.
+        boundary: optional 2-D decision function, see :func:`tsne_figure`.
+        title: optional figure title.
+
+    Returns:
+        The PNG path.
+    """
+    return save_figure(tsne_figure(embedding, labels, sources, boundary, title), path)
