@@ -34,6 +34,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "TileConfig",
     "EvaluateConfig",
     "FeaturesConfig",
     "HeadConfig",
@@ -53,6 +54,31 @@ DEFAULT_CLASS_ALIASES: dict[str, list[str]] = {
     "healthy": ["healthy", "normal", "benign", "hem", "0"],
     "leukemia": ["leukemia", "leukaemia", "all", "blast", "cancer", "1"],
 }
+
+
+@dataclass
+class TileConfig:
+    """Cutting whole-field sources into cell-sized tiles (:mod:`leukdx.data.tiles`).
+
+    Args:
+        sources: sources whose images are tiled (e.g. ``[all_idb1]``); empty: no tiling.
+        size_px: tile side in the file's own pixels (ALL-IDB2 cuts 257-px cells from the
+            ALL-IDB1 fields).
+        stride_px: step between tiles in pixels; ``None`` is ``size_px`` (no overlap).
+        aggregate: how tile probabilities become one per image: ``mean``, ``max`` or
+            ``topk`` (mean of the ``top_k`` highest).
+        top_k: tiles averaged by ``topk``.
+        label_tiles: also train on tiles, each labelled with its field's label. Off by
+            default because a tile of a leukaemic field can hold only normal cells; training
+            then sees the whole field with its image-level label.
+    """
+
+    sources: list[str] = field(default_factory=list)
+    size_px: int = 256
+    stride_px: int | None = None
+    aggregate: str = "mean"
+    top_k: int = 3
+    label_tiles: bool = False
 
 
 @dataclass
@@ -78,6 +104,14 @@ class DataConfig:
         near_duplicate_distance: dHash (16x16) Hamming distance at or below which two images
             are near duplicates and share a group; ``-1`` disables near-duplicate grouping.
         workers: decoding threads; ``None`` uses the CPU count.
+        stain_normalize: ``none``, ``reinhard`` or ``macenko``: map each image's colours
+            onto a reference fitted per fold on the training images only
+            (:mod:`leukdx.data.stain`).
+        crop: ``none`` or ``center``: keep the central ``crop_fraction`` of each side of the
+            ``crop_sources`` images (all sources when ``None``) before resizing.
+        crop_fraction: kept share of each side for ``crop: center``, in (0, 1].
+        crop_sources: sources that are centre-cropped; ``None`` means all.
+        tile: tiling of whole-field sources at test time (:class:`TileConfig`).
     """
 
     root: str = "../shared/data"
@@ -97,6 +131,11 @@ class DataConfig:
     max_per_class: int | None = None
     near_duplicate_distance: int = 12
     workers: int | None = None
+    stain_normalize: str = "none"
+    crop: str = "none"
+    crop_fraction: float = 0.5
+    crop_sources: list[str] | None = None
+    tile: TileConfig = field(default_factory=TileConfig)
 
 
 @dataclass
@@ -322,6 +361,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.aspect": ("stretch", "pad"),
     "data.cache": ("memory", "disk"),
     "data.on_bad_image": ("error", "skip"),
+    "data.stain_normalize": ("none", "reinhard", "macenko"),
+    "data.crop": ("none", "center"),
+    "data.tile.aggregate": ("mean", "max", "topk"),
     "augment.preset": ("leuknet", "loey", "none"),
     "augment.placement": ("pipeline", "model"),
     "model.strategy": ("sft", "dft", "msft", "mdft"),
@@ -457,6 +499,13 @@ def _validate(cfg: Config) -> None:
                         ("train.batch_size", t.batch_size),
                         ("pretrain.epochs", cfg.pretrain.epochs),
                         ("pretrain.batch_size", cfg.pretrain.batch_size)):
+        if value < 1:
+            raise ConfigError(f"'{name}' must be at least 1, got {value}.")
+    if not 0.0 < d.crop_fraction <= 1.0:
+        raise ConfigError(f"'data.crop_fraction' is {d.crop_fraction}; it must be in (0, 1].")
+    tile_steps = (("data.tile.size_px", d.tile.size_px), ("data.tile.top_k", d.tile.top_k),
+                  ("data.tile.stride_px", d.tile.stride_px or 1))
+    for name, value in tile_steps:
         if value < 1:
             raise ConfigError(f"'{name}' must be at least 1, got {value}.")
     for source, layout in d.layouts.items():

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import io
+import math
 import os
 
 import numpy as np
@@ -41,6 +42,7 @@ __all__ = [
     "is_image_file",
     "load_image",
     "load_preview",
+    "load_tiles",
     "open_image",
     "read_image",
     "resize_image",
@@ -252,7 +254,23 @@ def resize_image(img: np.ndarray, size: int, aspect: str = "stretch") -> np.ndar
     return _resize_pil(Image.fromarray(arr, "RGB"), int(size), aspect)
 
 
-def load_image(path: str | os.PathLike, size: int, aspect: str = "stretch") -> np.ndarray:
+def _draft(im: Image.Image, request: tuple[int, int], path: str | os.PathLike) -> None:
+    """Let a JPEG decode at the smallest DCT scale that still gives ``request`` (w, h) pixels."""
+    if im.format != "JPEG":
+        return
+    try:
+        im.draft(im.mode, (max(1, request[0]), max(1, request[1])))
+    except Exception as exc:
+        raise BadImageError(path, _describe(exc)) from exc
+
+
+def load_image(
+    path: str | os.PathLike,
+    size: int,
+    aspect: str = "stretch",
+    *,
+    crop_fraction: float | None = None,
+) -> np.ndarray:
     """Read and resize one image, decoding big JPEGs at reduced scale.
 
     For JPEG, Pillow's draft mode picks the largest DCT scale (1/2, 1/4, 1/8) that still
@@ -263,23 +281,92 @@ def load_image(path: str | os.PathLike, size: int, aspect: str = "stretch") -> n
         path: image file.
         size: side of the output square in pixels.
         aspect: ``stretch`` or ``pad`` (see :func:`resize_image`).
+        crop_fraction: keep only the central ``crop_fraction`` of each side before resizing
+            (:func:`leukdx.data.tiles.center_crop_box`; ``data.crop: center``); ``None`` keeps
+            the whole image. The image keeps its label (see :mod:`leukdx.data.tiles`).
 
     Returns:
         ``(size, size, 3)`` ``uint8`` RGB array.
 
     Raises:
         BadImageError: empty, truncated or non-image file.
+
+    Example:
+        >>> load_image("Im001_1.jpg", 224, crop_fraction=0.25)   # central 648 x 486 pixels
     """
     _check_resize_args(size, aspect)
     size = int(size)
     with open_image(path) as im:
-        if im.format == "JPEG":
-            try:
-                im.draft(im.mode, _target_size(*im.size, size, aspect))
-            except Exception as exc:
-                raise BadImageError(path, _describe(exc)) from exc
+        width, height = im.size
+        if crop_fraction is None:
+            _draft(im, _target_size(width, height, size, aspect), path)
+            rgb = _decode(im, path)
+            return _resize_pil(rgb, size, aspect)
+        from leukdx.data.tiles import center_crop_box
+
+        top, left, bottom, right = center_crop_box(height, width, crop_fraction)
+        crop_w, crop_h = _target_size(right - left, bottom - top, size, aspect)
+        # the whole image must decode at a scale that leaves the crop at least its target size
+        _draft(im, (math.ceil(crop_w * width / (right - left)),
+                    math.ceil(crop_h * height / (bottom - top))), path)
         rgb = _decode(im, path)
-        return _resize_pil(rgb, size, aspect)
+        scale_x, scale_y = rgb.size[0] / width, rgb.size[1] / height
+        box = _scaled_box(left, top, right, bottom, scale_x, scale_y)
+        return _resize_pil(rgb.crop(box), size, aspect)
+
+
+def load_tiles(
+    path: str | os.PathLike, size: int, tile_px: int, stride_px: int | None = None
+) -> np.ndarray:
+    """Read an image and cut it into square tiles, each resized to ``size`` x ``size``.
+
+    Tiles are laid out by :func:`leukdx.data.tiles.tile_boxes` in the file's own pixel
+    coordinates (``tile_px`` original pixels per side). A JPEG is decoded in draft mode at the
+    smallest scale that keeps each tile at least ``size`` pixels, so 256-px tiles of a 2592 px
+    field resized to 64 px decode the field at 1/4 scale. A tile never inherits its image's
+    label by itself: see :mod:`leukdx.data.tiles` for the label rule.
+
+    Args:
+        path: image file.
+        size: side of each output tile in pixels.
+        tile_px: tile side in original pixels (``data.tile.size_px``).
+        stride_px: step between tiles in original pixels (``None``: ``tile_px``, no overlap).
+
+    Returns:
+        ``(T, size, size, 3)`` ``uint8`` array, tiles row by row.
+
+    Raises:
+        BadImageError: empty, truncated or non-image file.
+
+    Example:
+        >>> load_tiles("Im001_1.jpg", 96, 256).shape     # 2592 x 1944 field
+        (88, 96, 96, 3)
+    """
+    from leukdx.data.tiles import tile_boxes
+
+    _check_resize_args(size, "stretch")
+    size = int(size)
+    with open_image(path) as im:
+        width, height = im.size
+        boxes = tile_boxes(height, width, tile_px, stride_px)
+        side = int(boxes[0, 2] - boxes[0, 0])
+        _draft(im, (math.ceil(width * size / side), math.ceil(height * size / side)), path)
+        rgb = _decode(im, path)
+        scale_x, scale_y = rgb.size[0] / width, rgb.size[1] / height
+        out = np.empty((len(boxes), size, size, 3), np.uint8)
+        for i, (top, left, bottom, right) in enumerate(boxes):
+            # crop first: a resize with ``box=`` would also sample pixels outside the tile
+            out[i] = _resize_pil(rgb.crop(_scaled_box(left, top, right, bottom, scale_x, scale_y)),
+                                 size, "stretch")
+        return out
+
+
+def _scaled_box(
+    left: int, top: int, right: int, bottom: int, scale_x: float, scale_y: float
+) -> tuple[int, int, int, int]:
+    """An original-pixel box in the coordinates of a draft-decoded (smaller) image."""
+    x0, y0 = round(left * scale_x), round(top * scale_y)
+    return x0, y0, max(round(right * scale_x), x0 + 1), max(round(bottom * scale_y), y0 + 1)
 
 
 def load_preview(
