@@ -42,7 +42,7 @@ lint: install
 	$(BIN)/ruff check leukdx tests benchmarks
 
 demo: install
-	$(BIN)/leukdx data synth demo_data --sources 3 --per-class 40 --seed 0
+	$(BIN)/leukdx data synth demo_data --sources 3 --per-class 40 --seed 0 --overwrite
 	$(BIN)/leukdx data inspect demo_data
 	$(BIN)/leukdx evaluate --config configs/demo.yaml --out $(or $(OUT),results/demo) $(overrides)
 

@@ -11,16 +11,32 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from leukdx import __version__
 
 
-def _config(args: argparse.Namespace):
-    from leukdx.config import load_config
+def _config(args: argparse.Namespace, *, validate: bool = False):
+    """The config of ``--config``/``--set``; with ``validate`` also checked against the
+    registries and the weights checked to be at hand, before any image is read."""
+    from leukdx.config import load_config, validate_config
 
     overrides = list(getattr(args, "set", None) or [])
-    return load_config(getattr(args, "config", None), overrides)
+    cfg = load_config(getattr(args, "config", None), overrides)
+    if validate:
+        validate_config(cfg, check_weights=True)
+    return cfg
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -39,7 +55,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
     out = synthesize_collection(
         args.out, sources=args.sources, per_class=args.per_class, seed=args.seed,
-        image_size=args.image_size,
+        image_size=args.image_size, overwrite=args.overwrite,
     )
     print(f"synthetic collection written to {out}")
     return 0
@@ -98,7 +114,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from leukdx.train import train_run
 
-    cfg = _config(args)
+    cfg = _config(args, validate=True)
     out = Path(args.out or Path("runs") / cfg.name)
     result = train_run(cfg, out, force=args.force)
     print(f"run folder: {result.run_dir}")
@@ -106,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, validate=True)
     out = Path(args.out or Path("results") / cfg.name)
     if cfg.task == "features":
         from leukdx.features import run_feature_evaluation
@@ -135,7 +151,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from leukdx.features import run_feature_evaluation
 
-    cfg = _config(args)
+    cfg = _config(args, validate=True)
     out = Path(args.out or Path("results") / cfg.name)
     run_feature_evaluation(cfg, out)
     print(f"results: {out}")
@@ -179,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and ship healthy-vs-leukaemia blood-smear classifiers.",
     )
     parser.add_argument("--version", action="version", version=f"leukdx {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging and error tracebacks (accepted anywhere)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="synthesise, inspect, augment or package image collections")
@@ -187,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = dsub.add_parser("synth", help="draw a procedural multi-source demo collection")
     p.add_argument("out", help="output folder")
-    p.add_argument("--sources", type=int, default=3)
-    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--sources", type=_positive_int, default=3)
+    p.add_argument("--per-class", type=_positive_int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", type=_positive_int, default=128)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the synthetic collection already in OUT (same seed: same images)")
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("inspect", help="layouts, counts, formats, sizes, duplicates per source")
@@ -268,33 +287,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove ``-v``/``--verbose`` wherever it appears (before ``--``), so it works anywhere."""
+    if "--" in argv:
+        cut = argv.index("--")
+        head, tail = argv[:cut], argv[cut:]
+    else:
+        head, tail = argv, []
+    kept = [arg for arg in head if arg not in VERBOSE_FLAGS]
+    return kept + tail, len(kept) != len(head)
+
+
+def _raised_by_leukdx(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by leukdx's own code (not deep inside a library)."""
+    package = Path(__file__).resolve().parent
+    frame = exc.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return package in Path(frame.tb_frame.f_code.co_filename).resolve().parents
+
+
+def _is_expected(exc: BaseException) -> bool:
+    """A user-fixable error: any LeukdxError, or a missing file / bad value leukdx reported."""
+    from leukdx.errors import LeukdxError
+
+    if isinstance(exc, LeukdxError):
+        return True
+    return isinstance(exc, (FileNotFoundError, FileExistsError, ValueError)) and (
+        _raised_by_leukdx(exc)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``leukdx`` command line.
+
+    An expected error (:class:`leukdx.errors.LeukdxError`, or a missing file or bad value
+    that leukdx itself reports) prints ``leukdx: error: <one line>`` on stderr and returns 2;
+    ``-v``/``--verbose`` anywhere on the command line also prints the traceback (and turns
+    on debug logging). Any other exception is a bug and propagates with its traceback.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 2 for an expected error, 130 when interrupted.
+
+    Example:
+        >>> main(["backbones"])  # doctest: +SKIP
+        0
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv, verbose = _split_verbose(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    verbose = verbose or bool(args.verbose)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from leukdx.config import ConfigError
-
-    known: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
-    try:
-        from leukdx.data.decode import BadImageError
-        from leukdx.data.records import DataError
-
-        known += (BadImageError, DataError)
-    except ImportError:  # pragma: no cover - data layer always present in a full install
-        pass
     try:
         return int(args.func(args) or 0)
-    except known as exc:
-        if args.verbose:
-            raise
-        print(f"leukdx: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # pragma: no cover - interactive
         print("leukdx: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_expected(exc):
+            raise
+        if verbose:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"leukdx: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "CLASS_NAMES",
     "LoadedModel",
+    "ModelFileError",
     "PredictResult",
     "Predictor",
     "UnsafeModelError",
@@ -128,22 +129,15 @@ class LoadedModel:
 
 
 def _load_keras_file(path: Path) -> keras.Model:
-    """Load with safe mode through :func:`leukdx.train.load_model`, naming unsafe content."""
+    """Load with safe mode through :func:`leukdx.train.load_model`.
+
+    Raises:
+        UnsafeModelError: the file holds code that safe mode refuses to run.
+        ModelFileError: the file is corrupt, not a ``.keras`` archive, or not a leukdx model.
+    """
     from leukdx.train import load_model
 
-    try:
-        return load_model(path)
-    except ValueError as exc:
-        # Keras refuses Python lambdas (and other arbitrary code) in safe mode with a
-        # ValueError that mentions safe_mode; say plainly why nothing was loaded.
-        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower():
-            raise UnsafeModelError(
-                f"Refusing to load '{path}': it contains code (such as a Lambda layer) that "
-                "would run when the file is opened. leukdx loads models in Keras safe mode "
-                "only; leukdx models never need Lambda layers, so rebuild the model with "
-                "registered layers instead."
-            ) from exc
-        raise
+    return load_model(path)
 
 
 def load_keras_model(source: Any) -> LoadedModel:
@@ -161,6 +155,7 @@ def load_keras_model(source: Any) -> LoadedModel:
         FileNotFoundError: the path does not exist or holds no ``model.keras``.
         ValueError: the path is a SavedModel (use :func:`load_predictor` for those).
         UnsafeModelError: the file contains code that safe mode refuses to run.
+        ModelFileError: the file is corrupt, not a ``.keras`` archive, or not a leukdx model.
     """
     if not isinstance(source, (str, os.PathLike)):
         if not hasattr(source, "predict"):

@@ -7,13 +7,19 @@ A run folder holds::
     history.csv     one row per epoch (metrics, learning rate, epoch_seconds)
     curves.png      training/validation accuracy and loss per epoch (LeukNet Fig. 7)
     run.json        versions, seed, data fingerprint, class counts, device, precision,
-                    distribution strategy, training time, inference ms per image (Table 8),
+                    XLA (jit_compile), distribution strategy, training time, inference ms per image (Table 8),
                     epochs completed, best validation metrics
     backup/         training state while the run is unfinished (removed when it finishes)
     tensorboard/    TensorBoard logs (``train.tensorboard``)
 
 Re-running the same command on the same folder resumes a killed run at its last finished
-epoch (Keras ``BackupAndRestore``), and returns at once when the run already finished.
+epoch (Keras ``BackupAndRestore``), and returns at once when the run already finished. A
+finished run keeps no training state, so re-running it with another ``train.epochs`` is
+refused (``force`` retrains it from scratch).
+
+Nothing is written before the inputs are checked: the config against the registries, the
+pretrained weights, the run folder, and every image is decoded first. A run that fails before
+its first epoch is backed up removes the files it wrote, so the corrected command starts clean.
 
 The pieces the evaluation runner reuses for every fold are public: :func:`compile_model`,
 :func:`fit_model`, :func:`predict_proba`, :func:`measure_inference_ms`, :func:`class_weights`.
@@ -29,12 +35,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +53,7 @@ import pandas as pd
 import yaml
 
 from leukdx.config import Config, ConfigError, TrainConfig, config_to_dict, save_config
-from leukdx.errors import RunFolderError
+from leukdx.errors import ModelFileError, RunFolderError, UnsafeModelError
 from leukdx.runinfo import device_info, read_json, software_versions, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -92,6 +100,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.epochs",
         "train.verbose",
         "train.tensorboard",
+        "train.jit_compile",
         "data.cache",
         "data.cache_dir",
         "data.workers",
@@ -113,6 +122,9 @@ class RunResult:
             had already finished and was not retrained (use :meth:`load`).
         skipped: True when a finished run was found and nothing was trained.
         resumed_from_epoch: epochs already done before this call (0 for a fresh run).
+        precision: the Keras dtype policy the run trained under (``train.precision``
+            resolved).
+        jit_compile: whether training was XLA-compiled (``train.jit_compile`` resolved).
     """
 
     run_dir: Path
@@ -121,6 +133,8 @@ class RunResult:
     model: keras.Model | None = None
     skipped: bool = False
     resumed_from_epoch: int = 0
+    precision: str | None = None
+    jit_compile: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -149,15 +163,21 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
         compile: also restore the optimizer and loss (needed only to continue training).
 
     Returns:
-        The Keras model.
+        The Keras model, with ``jit_compile`` set by the same rule as training
+        (:func:`leukdx.precision.resolve_jit_compile`).
 
     Raises:
         FileNotFoundError: the file does not exist.
+        ModelFileError: the file is not a readable ``.keras`` archive or does not describe a
+            model Keras can rebuild from registered layers.
+        UnsafeModelError: the file holds code (a ``Lambda`` layer, an arbitrary callable)
+            that safe mode refuses to run.
     """
     import keras
 
     import leukdx.data.augment  # noqa: F401  (registers augmentation layers)
     import leukdx.models  # noqa: F401  (registers model layers)
+    from leukdx.precision import resolve_jit_compile
 
     path = Path(path)
     if path.is_dir():
@@ -166,7 +186,30 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
         raise FileNotFoundError(
             f"No model at {path}: give a .keras file or a run folder made by `leukdx train`."
         )
-    return keras.models.load_model(path, compile=compile, safe_mode=True)
+    # Keras reports a file that is not a zip archive as "File not found"; say what it is.
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{path} is not a Keras .keras file (a zip archive): it is truncated, corrupt or "
+            "another format. Give the model.keras of a run folder made by `leukdx train`."
+        )
+    try:
+        model = keras.models.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if "safe_mode" in reason or "unsafe" in reason.lower() or "lambda" in reason.lower():
+            raise UnsafeModelError(
+                f"Refusing to load '{path}': it contains code (such as a Lambda layer) that "
+                "would run when the file is opened. leukdx loads models in Keras safe mode "
+                "only; leukdx models never need Lambda layers, so rebuild the model with "
+                "registered layers instead."
+            ) from exc
+        raise ModelFileError(
+            f"Cannot load '{path}' as a leukdx model ({type(exc).__name__}: {reason[:300]}). "
+            "It was not saved by leukdx, or names layers or functions leukdx does not "
+            "register; give the model.keras of a run folder made by `leukdx train`."
+        ) from exc
+    model.jit_compile = resolve_jit_compile("auto")
+    return model
 
 
 def make_optimizer(train_cfg: TrainConfig) -> keras.optimizers.Optimizer:
@@ -188,7 +231,9 @@ def make_optimizer(train_cfg: TrainConfig) -> keras.optimizers.Optimizer:
 def compile_model(model: keras.Model, train_cfg: TrainConfig) -> keras.Model:
     """Compile ``model`` with the configured optimizer, loss and metrics.
 
-    Metrics: accuracy, AUC, precision and recall at ``train.threshold``. Under the
+    Metrics: accuracy, AUC, precision and recall at ``train.threshold``. XLA follows
+    ``train.jit_compile`` (:func:`leukdx.precision.resolve_jit_compile`; after compiling,
+    ``model.jit_compile`` says what Keras chose). Under the
     ``mixed_float16`` policy the optimizer is wrapped in a ``LossScaleOptimizer`` so that
     small float16 gradients do not underflow (Keras does this for models whose own policy
     is mixed_float16; wrapping here also covers models built before the policy was set).
@@ -203,11 +248,14 @@ def compile_model(model: keras.Model, train_cfg: TrainConfig) -> keras.Model:
     """
     import keras
 
+    from leukdx.precision import resolve_jit_compile
+
     optimizer = make_optimizer(train_cfg)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     threshold = float(train_cfg.threshold)
     model.compile(
+        jit_compile=resolve_jit_compile(train_cfg.jit_compile),
         optimizer=optimizer,
         loss=train_cfg.loss,
         metrics=[
@@ -679,26 +727,48 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
     ]
 
 
-def _clear_run_folder(out: Path) -> None:
-    for name in (MODEL_FILE, HISTORY_FILE, CURVES_FILE, RUN_FILE):
+def _clear_run_folder(out: Path, *, config: bool = False) -> None:
+    names = (MODEL_FILE, HISTORY_FILE, CURVES_FILE, RUN_FILE) + ((CONFIG_FILE,) if config else ())
+    for name in names:
         (out / name).unlink(missing_ok=True)
     for name in (BACKUP_DIR, TENSORBOARD_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
 
 
+def _has_training(out: Path) -> bool:
+    """Whether ``out`` holds anything trained (a config.yaml alone is a run that never began)."""
+    return (
+        (out / MODEL_FILE).is_file()
+        or (out / RUN_FILE).is_file()
+        or _backup_epoch(out / BACKUP_DIR) > 0
+        or not _read_history(out / HISTORY_FILE).empty
+    )
+
+
 def _finished_result(out: Path, cfg: Config) -> RunResult | None:
-    """The finished run in ``out`` matching ``cfg``, or None when it must (re)train."""
+    """The finished run in ``out`` matching ``cfg``, or None when there is none.
+
+    Raises:
+        RunFolderError: the run finished with another ``train.epochs``.
+    """
     info = read_json(out / RUN_FILE)
     if not info or info.get("status") != "finished":
         return None
-    if int(info.get("epochs_planned", -1)) != int(cfg.train.epochs):
-        return None
-    return RunResult(out, info, _read_history(out / HISTORY_FILE), skipped=True)
+    planned = int(info.get("epochs_planned", -1))
+    if planned != int(cfg.train.epochs):
+        raise RunFolderError(
+            f"{out} holds a run that finished {planned} epochs, but train.epochs is now "
+            f"{cfg.train.epochs}; a finished run keeps no training state to continue from. "
+            f"Use --force to train {cfg.train.epochs} epochs from scratch there, or another "
+            "output folder."
+        )
+    return RunResult(out, info, _read_history(out / HISTORY_FILE), skipped=True,
+                     precision=info.get("precision"), jit_compile=info.get("jit_compile"))
 
 
 def _check_same_run(out: Path, cfg: Config) -> None:
     saved_path = out / CONFIG_FILE
-    if not saved_path.is_file():
+    if not saved_path.is_file() or not _has_training(out):
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
     differences = _config_differences(saved, config_to_dict(cfg))
@@ -706,7 +776,7 @@ def _check_same_run(out: Path, cfg: Config) -> None:
         shown = ", ".join(differences[:8]) + (" ..." if len(differences) > 8 else "")
         raise RunFolderError(
             f"{out} holds a run with a different config ({shown} differ). Use another output "
-            "folder, or --force (force=True) to discard that run and train afresh."
+            "folder, or --force to discard that run and train afresh."
         )
 
 
@@ -749,7 +819,9 @@ def train_run(
 
     Re-running with the same folder resumes an interrupted run at its last finished epoch;
     a finished run (``run.json`` status finished, same ``train.epochs``) is returned without
-    training unless ``force``.
+    training unless ``force``. The config (:func:`leukdx.config.validate_config`), the
+    weights, the folder and the images are checked before anything is written, and a run
+    that fails before its first epoch is backed up removes what it wrote.
 
     Args:
         cfg: the experiment config.
@@ -764,43 +836,35 @@ def train_run(
         A :class:`RunResult`.
 
     Raises:
-        RunFolderError: the folder holds a run with a different config (and not ``force``).
-        DataError: fewer than two classes in the training data.
+        ConfigError: a setting names something unregistered or does not fit the backbone.
+        WeightsUnavailableError: the pretrained weights cannot be had.
+        RunFolderError: the folder holds a run with a different config, or a run finished
+            with another ``train.epochs`` (and not ``force``).
+        DataError: fewer than two classes in the training data, or an unreadable image.
     """
     import keras
 
+    from leukdx.config import validate_config
     from leukdx.data.records import load_collection, require_two_classes
     from leukdx.precision import apply_precision
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if force:
-        _clear_run_folder(out)
-    else:
+    # Non-chief multi-worker tasks train in lockstep but keep their files apart.
+    worker = _worker_folder()
+    write_dir = out if worker is None else out / worker
+
+    # Check every input before writing (or deleting) anything, so a mistake found here
+    # leaves the folder as it was and the corrected command starts clean.
+    validate_config(cfg, check_weights=True)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} is a file, not a run folder; choose another output folder.")
+    if not force:
         _check_same_run(out, cfg)
         finished = _finished_result(out, cfg)
         if finished is not None:
             log.info("%s already holds a finished run of %d epochs; not retraining "
                      "(use --force to retrain).", out, cfg.train.epochs)
             return finished
-
-    # Non-chief multi-worker tasks train in lockstep but keep their files apart.
-    worker = _worker_folder()
-    write_dir = out if worker is None else out / worker
-    write_dir.mkdir(parents=True, exist_ok=True)
-
-    epochs_done = _backup_epoch(write_dir / BACKUP_DIR)
-    if epochs_done == 0:
-        if (write_dir / RUN_FILE).is_file() or (write_dir / HISTORY_FILE).is_file():
-            log.warning("%s holds a run that cannot be resumed (finished with another "
-                        "train.epochs, or killed before its first epoch); training afresh.", out)
-        # No usable backup: whatever partial files exist belong to a run that cannot resume.
-        _clear_run_folder(write_dir)
-        prior_history = pd.DataFrame(columns=["epoch"])
-    else:
-        prior_history = _truncate_history(write_dir / HISTORY_FILE, epochs_done)
-        log.info("Resuming %s after epoch %d of %d.", out, epochs_done, cfg.train.epochs)
-    save_config(cfg, write_dir / CONFIG_FILE)
 
     keras.utils.set_random_seed(int(cfg.seed))
     if collection is None:
@@ -817,6 +881,27 @@ def train_run(
     labels = records["label"].to_numpy().astype(np.float32)
     train_images, train_labels = images[train_pos], labels[train_pos]
     val_images, val_labels = images[val_pos], labels[val_pos]
+    weights = class_weights(train_labels, cfg.train.class_weight)
+
+    # The inputs are valid: from here on the run folder is written.
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    if force:
+        _clear_run_folder(out)
+    write_dir.mkdir(parents=True, exist_ok=True)
+
+    epochs_done = _backup_epoch(write_dir / BACKUP_DIR)
+    if epochs_done == 0:
+        if _has_training(write_dir):
+            log.warning("%s holds a run that was killed before its first epoch was backed "
+                        "up; training afresh.", out)
+        # No usable backup: whatever partial files exist belong to a run that cannot resume.
+        _clear_run_folder(write_dir)
+        prior_history = pd.DataFrame(columns=["epoch"])
+    else:
+        prior_history = _truncate_history(write_dir / HISTORY_FILE, epochs_done)
+        log.info("Resuming %s after epoch %d of %d.", out, epochs_done, cfg.train.epochs)
+    save_config(cfg, write_dir / CONFIG_FILE)
 
     previous_policy = keras.mixed_precision.global_policy()
     try:
@@ -826,12 +911,12 @@ def train_run(
             cfg, train_images, train_labels, val_images, val_labels, seed=int(cfg.seed)
         )
         model = build_compiled_model(cfg, strategy, model_augmentation)
+        jit_compile = bool(model.jit_compile)
         monitor = "val_loss" if val_ds is not None else "loss"
         best_so_far = None
         if not prior_history.empty and monitor in prior_history:
             best_so_far = float(pd.to_numeric(prior_history[monitor], errors="coerce").min())
 
-        weights = class_weights(train_labels, cfg.train.class_weight)
         fit_model(
             model, train_ds, val_ds, cfg, out_dir=write_dir, callbacks=callbacks,
             class_weight=weights, best_so_far=best_so_far,
@@ -845,6 +930,15 @@ def train_run(
         history = _read_history(write_dir / HISTORY_FILE)
         timing_images = val_images if len(val_images) else train_images
         infer_ms = measure_inference_ms(model, timing_images)
+    except BaseException:
+        if _backup_epoch(write_dir / BACKUP_DIR) == 0:
+            # Nothing a re-run could resume: leave no half-made run behind to block it.
+            _clear_run_folder(write_dir, config=True)
+            leftovers = ([write_dir] if write_dir != out else []) + ([out] if created else [])
+            for folder in leftovers:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+        raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -884,6 +978,7 @@ def train_run(
         },
         "device": device_info(),
         "precision": policy_name,
+        "jit_compile": jit_compile,
         "distribution": _strategy_name(strategy),
         "class_weight": weights,
         "epochs_planned": int(cfg.train.epochs),
@@ -897,4 +992,5 @@ def train_run(
     write_json_atomic(info, write_dir / RUN_FILE)
     # The run is complete: its resumption state is no longer needed.
     shutil.rmtree(write_dir / BACKUP_DIR, ignore_errors=True)
-    return RunResult(write_dir, info, history, model=model, resumed_from_epoch=epochs_done)
+    return RunResult(write_dir, info, history, model=model, resumed_from_epoch=epochs_done,
+                     precision=policy_name, jit_compile=jit_compile)

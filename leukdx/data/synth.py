@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from leukdx.errors import OutputExistsError
+
 __all__ = [
     "CLASS_FOLDERS",
     "SourceStyle",
@@ -384,18 +386,20 @@ def synthesize_collection(
         The collection folder, ready for ``load_collection``.
 
     Raises:
-        ValueError: bad counts or sizes.
-        FileExistsError: ``out`` holds files and ``overwrite`` is false.
+        ValueError: bad counts or sizes (checked before anything is written).
+        OutputExistsError: ``out`` holds files and ``overwrite`` is false, or is a file.
     """
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}.")
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}.")
     root = Path(out)
     if root.exists() and not root.is_dir():
-        raise FileExistsError(f"'{root}' exists and is not a folder; choose another output.")
+        raise OutputExistsError(f"'{root}' exists and is not a folder; choose another output.")
     if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"'{root}' is not empty. Choose an empty or new folder, or pass overwrite=True "
-            "(--overwrite) to replace a synthetic collection there."
+        raise OutputExistsError(
+            f"'{root}' is not empty. Choose an empty or new folder, or add --overwrite "
+            "(overwrite=True) to replace the synthetic collection there."
         )
     styles = source_styles(sources, seed)
     root.mkdir(parents=True, exist_ok=True)

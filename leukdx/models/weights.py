@@ -207,10 +207,12 @@ def load_pretrained(base_layers: Sequence[Any], path: str | os.PathLike,
         Names of the ``top_layers`` that received weights.
 
     Raises:
-        WeightsUnavailableError: the file does not match the backbone (layer count or
-            shapes), naming the file and the first mismatch.
+        WeightsUnavailableError: the file is not a readable HDF5 file (truncated, corrupt or
+            another format), or does not match the backbone (layer count or shapes), naming
+            the file and the first mismatch.
     """
     path = Path(path)
+    _check_readable_hdf5(path)
     weighted = [layer for layer in base_layers if layer.weights]
     if path.name.lower().endswith(".weights.h5"):
         if spec is None or input_shape is None:
@@ -218,6 +220,8 @@ def load_pretrained(base_layers: Sequence[Any], path: str | os.PathLike,
         fresh = spec.build(input_shape, weights=None)
         try:
             fresh.load_weights(str(path))
+        except OSError as exc:  # h5py could not read the data: the file is damaged
+            raise WeightsUnavailableError(_corrupt_message(path, exc)) from exc
         except Exception as exc:
             raise WeightsUnavailableError(
                 f"Weights file {path} does not fit backbone '{spec.name}' ({exc}). A .weights.h5 "
@@ -241,6 +245,26 @@ def load_pretrained(base_layers: Sequence[Any], path: str | os.PathLike,
             _set_layer_weights(layer, remaining[layer.name], layer.name, path)
             loaded.append(layer.name)
     return loaded
+
+
+def _corrupt_message(path: Path, exc: BaseException | None = None) -> str:
+    detail = f" ({' '.join(str(exc).split())[:200]})" if exc is not None else ""
+    return (
+        f"Weights file {path} cannot be read as HDF5{detail}: it is truncated, corrupt or "
+        "another format (an interrupted download?). Download or save it again, or set "
+        "model.weights to another file or none."
+    )
+
+
+def _check_readable_hdf5(path: Path) -> None:
+    """Raise a WeightsUnavailableError when ``path`` is not an HDF5 file h5py can open."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as exc:
+        raise WeightsUnavailableError(_corrupt_message(path, exc)) from exc
 
 
 def _assign_in_order(layers: Sequence[Any], source: Sequence[tuple[str, list]], path: Path) -> None:
