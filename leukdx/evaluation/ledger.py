@@ -1,13 +1,22 @@
 """The folds ledger: one CSV row per finished (configuration, protocol, fold, run).
 
-An evaluation grid can take days; a killed grid must lose nothing and redo nothing. So the
-runner asks :meth:`Ledger.has` before training a fold and calls :meth:`Ledger.append` right
-after it: each append rewrites the whole file atomically (temporary file + ``os.replace``), so
-``folds.csv`` is always either the old or the new complete file, never half a row. Key values are
-compared as text, the way they are stored, so a key survives the CSV round trip (``fold`` 3 and
-``"3"`` are the same key). Earlier rows are kept byte for byte.
+An evaluation grid can take days; a killed grid must lose nothing and redo nothing, and several
+workers may share one results folder. So:
 
-The ledger is single-writer: run one grid per ``folds.csv``.
+- **Appends are serialised** by a file lock (``.folds.csv.lock`` beside the ledger,
+  :mod:`filelock`): under the lock :meth:`Ledger.append` checks the key is new and appends one
+  line (``O_APPEND``, flushed and fsynced). Nothing is read, modified and written back, so no
+  writer can drop another's row. A killed writer can leave at most a torn last line without
+  its newline: readers ignore it and the next append repairs it.
+- **The file is rewritten only when compacting** (a row brings a new column, a torn line is
+  dropped, or :meth:`Ledger.compact` is called), atomically: temporary file + ``os.replace``.
+- **A fold is claimed before it trains** (:meth:`Ledger.try_claim`): one lock file per fold key
+  under ``.claims/``. The operating system releases the lock when its process dies, so a
+  crashed worker never blocks a fold for good, and parallel workers on one folder split the
+  folds instead of repeating them.
+
+Key values are compared as text, the way they are stored, so a key survives the CSV round trip
+(``fold`` 3 and ``"3"`` are the same key). Earlier rows are kept byte for byte.
 
 :func:`summarize` turns the folds into mean ± std per configuration and test source, and
 :func:`markdown_table` prints them shaped like LeukNet's Tables 3-7.
@@ -21,23 +30,28 @@ Example:
     ...            protocol="lodo", test_source="all_idb2", fold=0, run=0, seed=42)
     >>> ledger.has(key)
     False
-    >>> ledger.append({**key, "accuracy": 0.82, "mcc": 0.67})
+    >>> with ledger.try_claim(key) as claim:       # None when another worker trains it
+    ...     ledger.append({**key, "accuracy": 0.82, "mcc": 0.67})
     >>> ledger.has(key), len(ledger.read())
     (True, 1)
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from leukdx.errors import LedgerError
 from leukdx.evaluation.metrics import COUNT_NAMES, METRIC_NAMES
@@ -47,6 +61,8 @@ __all__ = [
     "FOLD_COLUMNS",
     "FOLD_KEY_COLUMNS",
     "PREDICTION_COLUMNS",
+    "PROVENANCE_COLUMNS",
+    "FoldClaim",
     "Ledger",
     "LedgerError",
     "atomic_write_text",
@@ -64,12 +80,23 @@ CONFIG_COLUMNS: tuple[str, ...] = ("experiment", "backbone", "strategy", "head",
 # One finished fold of one run of one configuration: the resume key.
 FOLD_KEY_COLUMNS: tuple[str, ...] = CONFIG_COLUMNS + ("test_source", "fold", "run", "seed")
 TIMING_COLUMNS: tuple[str, ...] = ("train_seconds", "infer_ms_per_image")
-FOLD_COLUMNS: tuple[str, ...] = (
-    FOLD_KEY_COLUMNS + ("n_train", "n_test") + COUNT_NAMES + METRIC_NAMES + TIMING_COLUMNS
+# How a row was produced: the k-fold repetition, the hash of every setting that can change
+# the fold's result (rows of one results folder must share it), and what actually ran.
+PROVENANCE_COLUMNS: tuple[str, ...] = (
+    "repeat", "config_hash", "image_size", "epochs", "precision_policy", "jit_compile",
 )
-_TEXT_KEYS = ("experiment", "backbone", "strategy", "head", "protocol", "test_source")
-_INT_COLUMNS = ("fold", "run", "repeat", "seed", "n_train", "n_test") + COUNT_NAMES
+FOLD_COLUMNS: tuple[str, ...] = (
+    FOLD_KEY_COLUMNS + ("n_train", "n_val", "n_test") + COUNT_NAMES + METRIC_NAMES
+    + TIMING_COLUMNS + PROVENANCE_COLUMNS
+)
+_TEXT_KEYS = ("experiment", "backbone", "strategy", "head", "protocol", "test_source",
+              "config_hash", "precision_policy", "jit_compile")
+_INT_COLUMNS = (
+    ("fold", "run", "repeat", "seed", "n_train", "n_val", "n_test", "image_size", "epochs")
+    + COUNT_NAMES
+)
 PREDICTION_COLUMNS: tuple[str, ...] = ("path", "label", "probability", "prediction")
+CLAIMS_DIR = ".claims"
 
 # Column abbreviations of LeukNet's tables.
 METRIC_ABBREVIATIONS = {
@@ -139,8 +166,50 @@ def _line(values: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+class FoldClaim:
+    """The exclusive right to train one fold (a lock file under the ledger's ``.claims/``).
+
+    Held from before training until the fold's row is appended; released by
+    :meth:`release`, by leaving its ``with`` block, or by the operating system when the process
+    dies, so a crashed worker never blocks the fold for good.
+
+    Args:
+        path: the lock file of the fold.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock = FileLock(str(self.path))
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the claim."""
+        return self._lock.is_locked
+
+    def acquire(self, timeout: float = -1) -> bool:
+        """Take the claim; wait up to ``timeout`` seconds (``-1``: as long as it takes, ``0``:
+        not at all). Returns whether it is held."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=timeout)
+        except Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        """Give the claim up (a no-op when not held)."""
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+    def __enter__(self) -> FoldClaim:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
 class Ledger:
-    """A resumable ``folds.csv``.
+    """A resumable ``folds.csv`` that several processes may append to.
 
     Args:
         path: the CSV file; created (with its folder) by the first :meth:`append`.
@@ -151,14 +220,30 @@ class Ledger:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._lock = FileLock(str(self.path.with_name(f".{self.path.name}.lock")))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the ledger's write lock (re-entrant within one process and thread).
+
+        Every change of ``folds.csv`` happens under it; a driver also holds it while it writes
+        the reports derived from the ledger, so two workers never interleave them.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            yield
 
     # -- raw access -----------------------------------------------------------------------
-    def _read_raw(self) -> tuple[list[str], list[dict[str, str]], str]:
+    def _read_raw(self) -> tuple[list[str], list[dict[str, str]], str, bool]:
+        """Header, rows, the complete text, and whether a torn last line was left out."""
         if not self.path.exists():
-            return list(FOLD_COLUMNS), [], ""
+            return list(FOLD_COLUMNS), [], "", False
         text = self.path.read_text(encoding="utf-8")
+        torn = bool(text) and not text.endswith("\n")
+        if torn:  # a writer died mid-line: that row never finished, so it does not count
+            text = text[: text.rfind("\n") + 1]
         if not text.strip():
-            return list(FOLD_COLUMNS), [], ""
+            return list(FOLD_COLUMNS), [], "", torn
         reader = csv.reader(io.StringIO(text))
         header = next(reader)
         missing = [c for c in FOLD_KEY_COLUMNS if c not in header]
@@ -174,7 +259,7 @@ class Ledger:
             if len(values) > len(header):
                 raise LedgerError(f"{self.path}, line {number}: more fields than columns.")
             rows.append(dict(zip(header, values)))
-        return header, rows, text
+        return header, rows, text, torn
 
     @staticmethod
     def key_of(row: Mapping[str, Any]) -> tuple[str, ...]:
@@ -187,10 +272,14 @@ class Ledger:
             )
         return tuple(_key_text(row[c]) for c in FOLD_KEY_COLUMNS)
 
+    def _write_all(self, header: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
+        lines = [_line(header)] + [_line([r.get(c, "") for c in header]) for r in rows]
+        atomic_write_text(self.path, "".join(lines))
+
     # -- public API -----------------------------------------------------------------------
     def done_keys(self) -> set[tuple[str, ...]]:
         """Keys of every finished row (see :meth:`key_of`)."""
-        _, rows, _ = self._read_raw()
+        _, rows, _, _ = self._read_raw()
         return {self.key_of(r) for r in rows}
 
     def has(self, key: Mapping[str, Any]) -> bool:
@@ -198,33 +287,85 @@ class Ledger:
         return self.key_of(key) in self.done_keys()
 
     def append(self, row: Mapping[str, Any]) -> None:
-        """Add one finished fold and rewrite the file atomically.
+        """Add one finished fold: one line appended under the ledger's lock.
+
+        The file is rewritten (atomically) instead only when it does not exist yet, when the
+        row brings a column the header lacks, or when a torn last line must be dropped.
 
         Args:
             row: every key column plus any metric/extra columns.
 
         Raises:
             LedgerError: a key column is missing or the key is already in the ledger (a
-                finished fold is never written twice; check :meth:`has` first).
+                finished fold is never written twice; claim it with :meth:`try_claim`).
         """
         key = self.key_of(row)
-        header, rows, text = self._read_raw()
-        if any(self.key_of(r) == key for r in rows):
-            shown = ", ".join(f"{c}={v}" for c, v in zip(FOLD_KEY_COLUMNS, key))
-            raise LedgerError(f"{self.path} already has the fold {shown}; it is not written twice.")
         new_cells = {str(k): _cell(v) for k, v in row.items()}
-        extra = [c for c in new_cells if c not in header]
-        if not extra and text:
-            # earlier rows are kept as they are, byte for byte
-            if not text.endswith("\n"):
-                text += "\n"
-            atomic_write_text(self.path, text + _line([new_cells.get(c, "") for c in header]))
-            return
-        header = header + extra
-        lines = [_line(header)]
-        lines += [_line([r.get(c, "") for c in header]) for r in rows]
-        lines.append(_line([new_cells.get(c, "") for c in header]))
-        atomic_write_text(self.path, "".join(lines))
+        with self.locked():
+            header, rows, text, torn = self._read_raw()
+            if any(self.key_of(r) == key for r in rows):
+                shown = ", ".join(f"{c}={v}" for c, v in zip(FOLD_KEY_COLUMNS, key))
+                raise LedgerError(
+                    f"{self.path} already has the fold {shown}; it is not written twice."
+                )
+            extra = [c for c in new_cells if c not in header]
+            if extra or torn or not text:
+                self._write_all(header + extra, [*rows, new_cells])
+                return
+            line = _line([new_cells.get(c, "") for c in header]).encode("utf-8")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                written = 0
+                while written < len(line):
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def compact(self) -> None:
+        """Rewrite the ledger atomically: one header, complete rows only (drops a torn line)."""
+        with self.locked():
+            header, rows, text, torn = self._read_raw()
+            if text or torn:
+                self._write_all(header, rows)
+
+    def archive(self, stamp: str | None = None) -> Path | None:
+        """Move the ledger aside as ``folds.<stamp>.csv`` (default: the UTC time), under the
+        lock, so the next append starts a new ledger. Returns the new path (None: no ledger).
+        """
+        stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        with self.locked():
+            if not self.path.exists():
+                return None
+            target = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+            counter = 1
+            while target.exists():  # two archives within one second
+                target = self.path.with_name(
+                    f"{self.path.stem}.{stamp}-{counter}{self.path.suffix}")
+                counter += 1
+            os.replace(self.path, target)
+            return target
+
+    def claim_path(self, key: Mapping[str, Any]) -> Path:
+        """The lock file that claims the fold ``key``."""
+        digest = hashlib.sha1("\x1f".join(self.key_of(key)).encode("utf-8")).hexdigest()
+        return self.path.parent / CLAIMS_DIR / f"{self.path.stem}.{digest[:20]}.lock"
+
+    def try_claim(self, key: Mapping[str, Any], timeout: float = 0) -> FoldClaim | None:
+        """Claim the fold ``key`` for this worker before training it.
+
+        Args:
+            key: the fold's key columns.
+            timeout: seconds to wait for a claim held by another worker (``0``: do not
+                wait; ``-1``: until it is released).
+
+        Returns:
+            The held :class:`FoldClaim` (use it as a context manager), or ``None`` when
+            another worker holds the claim. A fold already in the ledger may still be claimed:
+            check :meth:`has` once the claim is held.
+        """
+        claim = FoldClaim(self.claim_path(key))
+        return claim if claim.acquire(timeout=timeout) else None
 
     def read(self) -> pd.DataFrame:
         """The ledger as a DataFrame (empty, with :data:`FOLD_COLUMNS`, when there is no file).
@@ -233,7 +374,7 @@ class Ledger:
         and counts are integers where complete, metrics are floats with NaN for blanks; extra
         columns are numeric when every value parses, else text.
         """
-        header, rows, _ = self._read_raw()
+        header, rows, _, _ = self._read_raw()
         df = pd.DataFrame(
             [[r.get(c, "") for c in header] for r in rows], columns=header, dtype=object
         )
@@ -386,23 +527,29 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def write_summary(folds_csv: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+def write_summary(
+    folds_csv: str | os.PathLike | pd.DataFrame, out_dir: str | os.PathLike
+) -> tuple[Path, Path]:
     """Write ``summary.csv`` and ``summary.md`` for a folds ledger.
 
     Args:
-        folds_csv: the ledger file.
+        folds_csv: the ledger file, or the rows to summarise (the evaluation runner passes
+            exactly the rows of its current plan, so rows of earlier plans never leak in).
         out_dir: folder for the two summary files (created if needed).
 
     Returns:
         ``(summary_csv_path, summary_md_path)``.
 
     Raises:
-        ValueError: the ledger has no rows.
+        ValueError: there are no rows.
     """
-    folds = Ledger(folds_csv).read()
+    if isinstance(folds_csv, pd.DataFrame):
+        folds, where = folds_csv, "The folds table"
+    else:
+        folds, where = Ledger(folds_csv).read(), str(folds_csv)
     if folds.empty:
         raise ValueError(
-            f"{folds_csv} has no finished folds to summarise; run the evaluation first."
+            f"{where} has no finished folds to summarise; run the evaluation first."
         )
     summary = summarize(folds)
     out_dir = Path(out_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,11 @@ from leukdx.evaluation.ledger import (
     write_summary,
 )
 from leukdx.evaluation.metrics import METRIC_NAMES
+
+
+def _visible(folder) -> list[str]:
+    """Files of a folder other than the ledger's lock file and claims folder."""
+    return sorted(n for n in os.listdir(folder) if not n.endswith(".lock") and n != ".claims")
 
 
 def grid_keys() -> list[dict]:
@@ -88,7 +95,7 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path):
     assert len(folds) == len(keys)
     assert path.read_bytes().startswith(first_bytes)  # the earlier row is untouched
     assert list(folds.columns) == list(FOLD_COLUMNS)
-    assert sorted(os.listdir(path.parent)) == ["folds.csv"]  # no temporary file left behind
+    assert _visible(path.parent) == ["folds.csv"]  # no temporary file left behind
     run_grid(stop_after=None)  # a third run has nothing to do
     assert len(trained) == len(keys)
 
@@ -126,7 +133,7 @@ def test_missing_key_column_is_an_error(tmp_path):
     assert not ledger.path.exists()
 
 
-def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+def test_failed_rewrite_keeps_the_old_file(tmp_path, monkeypatch):
     ledger = Ledger(tmp_path / "folds.csv")
     keys = grid_keys()
     ledger.append(fold_row(keys[0], 0.9))
@@ -136,10 +143,116 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ledger_module.os, "replace", crash)
+    # a new column makes the append rewrite the header: that rewrite is atomic
     with pytest.raises(OSError, match="disk full"):
-        ledger.append(fold_row(keys[1], 0.8))
+        ledger.append(dict(fold_row(keys[1], 0.8), classifier="svm"))
     assert ledger.path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["folds.csv"]
+    assert _visible(tmp_path) == ["folds.csv"]
+
+
+def test_appends_do_not_rewrite_earlier_rows(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path / "folds.csv")
+    keys = grid_keys()
+    ledger.append(fold_row(keys[0], 0.9))
+
+    def forbidden(src, dst):
+        raise AssertionError("an ordinary append must not rewrite the ledger")
+
+    monkeypatch.setattr(ledger_module.os, "replace", forbidden)
+    for key in keys[1:]:
+        ledger.append(fold_row(key, 0.8))
+    assert len(ledger.read()) == len(keys)
+
+
+def test_a_torn_last_line_is_ignored_then_repaired(tmp_path):
+    ledger = Ledger(tmp_path / "folds.csv")
+    keys = grid_keys()
+    ledger.append(fold_row(keys[0], 0.9))
+    complete = ledger.path.read_text()
+    # a writer killed in the middle of its line: the row never finished
+    torn = complete.splitlines()[-1][:25]
+    with open(ledger.path, "a") as fh:
+        fh.write(torn)
+    assert len(ledger.read()) == 1 and not ledger.has(keys[1])
+    ledger.append(fold_row(keys[1], 0.8))
+    text = ledger.path.read_text()
+    assert text.startswith(complete) and torn + "\n" not in text
+    assert len(ledger.read()) == 2 and ledger.has(keys[1])
+
+
+_APPEND_WORKER = """
+import sys, time
+from pathlib import Path
+from leukdx.evaluation.ledger import Ledger
+
+path, worker, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+ledger = Ledger(path)
+(path.parent / f"ready.{worker}").touch()
+deadline = time.time() + 60
+while len(list(path.parent.glob("ready.*"))) < 2 and time.time() < deadline:
+    time.sleep(0.01)   # start together so that the appends interleave
+for i in range(n):
+    ledger.append(dict(experiment="c", backbone="b", strategy="s", head="h",
+                       protocol="kfold", test_source="", fold=i, run=worker, seed=0,
+                       accuracy=i / n))
+"""
+
+
+def test_two_processes_appending_keep_every_row_exactly_once(tmp_path):
+    script = tmp_path / "append_worker.py"
+    script.write_text(_APPEND_WORKER)
+    path = tmp_path / "shared" / "folds.csv"
+    path.parent.mkdir()
+    workers = [
+        subprocess.Popen([sys.executable, str(script), str(path), str(w), "300"])
+        for w in (0, 1)
+    ]
+    assert [w.wait(timeout=240) for w in workers] == [0, 0]
+    folds = Ledger(path).read()
+    assert len(folds) == 600
+    assert sorted(zip(folds["run"], folds["fold"])) == [(w, i) for w in (0, 1)
+                                                        for i in range(300)]
+    assert path.read_text().count("\n") == 601  # one header, 600 complete lines
+
+
+def test_a_claim_is_exclusive_and_released(tmp_path):
+    first, second = Ledger(tmp_path / "folds.csv"), Ledger(tmp_path / "folds.csv")
+    key, other = grid_keys()[:2]
+    claim = first.try_claim(key)
+    assert claim is not None and claim.held
+    assert second.try_claim(key) is None  # another worker trains it
+    with second.try_claim(other) as other_claim:  # other folds stay free
+        assert other_claim.held
+    claim.release()
+    again = second.try_claim(key)
+    assert again is not None
+    again.release()
+
+
+def test_a_dead_workers_claim_is_released(tmp_path):
+    path = tmp_path / "folds.csv"
+    key = grid_keys()[0]
+    code = (
+        "import os, sys; from leukdx.evaluation.ledger import Ledger; "
+        f"key = {key!r}; claim = Ledger(sys.argv[1]).try_claim(key); "
+        "assert claim is not None; os._exit(0)"  # dies holding it, no release
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
+    claim = Ledger(path).try_claim(key)
+    assert claim is not None
+    claim.release()
+
+
+def test_archive_moves_the_ledger_aside(tmp_path):
+    ledger = Ledger(tmp_path / "folds.csv")
+    ledger.append(fold_row(grid_keys()[0], 0.9))
+    before = ledger.path.read_bytes()
+    archived = ledger.archive("20260101T000000Z")
+    assert archived.name == "folds.20260101T000000Z.csv" and archived.read_bytes() == before
+    assert not ledger.path.exists() and ledger.read().empty
+    assert ledger.archive("20260101T000000Z") is None
+    ledger.append(fold_row(grid_keys()[0], 0.5))
+    assert ledger.archive("20260101T000000Z").name == "folds.20260101T000000Z-1.csv"
 
 
 def test_read_types_nan_and_extra_columns(tmp_path):
@@ -237,6 +350,17 @@ def test_write_summary(tmp_path):
     assert "| **all_idb2** |" in md_path.read_text()
     with pytest.raises(ValueError, match="no finished folds"):
         write_summary(tmp_path / "empty.csv", tmp_path / "out2")
+
+
+def test_write_summary_of_given_rows_covers_only_those(tmp_path):
+    ledger = Ledger(tmp_path / "folds.csv")
+    for i, key in enumerate(grid_keys()):
+        ledger.append(fold_row(key, 0.6 + i / 50))
+    folds = ledger.read()
+    csv_path, md_path = write_summary(folds[folds["run"] == 0], tmp_path / "out")
+    summary = pd.read_csv(csv_path)
+    assert len(summary) == 4 and (summary["n"] == 1).all()
+    assert "4 folds rows, 1 run(s) per fold" in md_path.read_text()
 
 
 # ---------------------------------------------------------------------------------------------
