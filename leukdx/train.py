@@ -787,17 +787,27 @@ def _best_epoch(history: pd.DataFrame, monitor: str) -> dict[str, Any]:
     if values.notna().sum() == 0:
         return {}
     row = history.loc[values.idxmin()]
-    out = {"epoch": int(row["epoch"]) + 1, "monitor": monitor}
+    # 0-based, the numbering of history.csv's `epoch` column and of curves.png
+    out = {"epoch": int(row["epoch"]), "monitor": monitor}
     for key, value in row.items():
         if key != "epoch" and key != "epoch_seconds":
             out[str(key)] = float(value) if pd.notna(value) else None
     return out
 
 
-def _plot_curves(history: pd.DataFrame, path: Path) -> None:
+def _plot_curves(
+    history: pd.DataFrame, path: Path, best_epoch: int | None, labels: np.ndarray
+) -> None:
+    """curves.png, marking the kept epoch and the accuracy of always answering the
+    majority class of ``labels`` (those the validation accuracy is measured on)."""
     from leukdx.plots import plot_curves
 
-    plot_curves(history, path)
+    counts = np.bincount(np.asarray(labels, dtype=int).reshape(-1), minlength=2)
+    majority = None
+    if counts.sum():
+        majority = (("healthy", "leukaemia")[int(counts.argmax())],
+                    float(counts.max() / counts.sum()))
+    plot_curves(history, path, best_epoch=best_epoch, majority_baseline=majority)
 
 
 def train_run(
@@ -943,7 +953,9 @@ def train_run(
         keras.mixed_precision.set_global_policy(previous_policy)
 
     log.info("Wrote %s", model_path)
-    _plot_curves(history, write_dir / CURVES_FILE)
+    _plot_curves(history, write_dir / CURVES_FILE,
+                 _best_epoch(history, monitor).get("epoch"),
+                 val_labels if val_labels is not None and len(val_labels) else train_labels)
     epochs_completed = int(history["epoch"].max()) + 1 if not history.empty else 0
     seconds = (
         float(pd.to_numeric(history["epoch_seconds"], errors="coerce").sum())
