@@ -53,9 +53,12 @@ import numpy as np
 import pandas as pd
 
 from leukdx.config import Config, ConfigError, config_to_dict, replace
+from leukdx.errors import RunFolderError
 from leukdx.evaluation.ledger import (
     FOLD_KEY_COLUMNS,
     Ledger,
+    LedgerError,
+    atomic_write_text,
     read_predictions,
     summarize,
     write_predictions,
@@ -65,22 +68,35 @@ from leukdx.evaluation.splits import Split, make_splits
 from leukdx.runinfo import write_json_atomic
 
 __all__ = [
+    "ClassImbalanceWarning",
     "FineTuneTrainer",
     "FoldOutput",
+    "FoldResult",
+    "FoldTask",
     "FoldTrainer",
     "GridPoint",
+    "ResultsFolderError",
+    "SlowPlanWarning",
     "SourceConfoundWarning",
+    "class_balance_warning",
+    "config_hash",
+    "drive_folds",
     "expand_grid",
     "fold_seed",
     "get_trainer",
     "head_label",
+    "prepare_results_folder",
     "register_trainer",
+    "result_settings",
     "run_evaluation",
+    "run_fold",
 ]
 
 log = logging.getLogger(__name__)
 
 FOLDS_FILE = "folds.csv"
+CONFIG_FILE = "config.yaml"
+HASHES_DIR = ".config_hashes"
 LEAKAGE_FILE = "leakage.json"
 PREDICTIONS_DIR = "predictions"
 PLOTS_DIR = "plots"
@@ -94,10 +110,42 @@ KEYED_GRID_FIELDS = frozenset({
 # Seeds of run r are cfg.seed + RUN_SEED_STRIDE * r + split position: distinct for every fold
 # and run, identical across grid configurations (so configurations are compared paired).
 RUN_SEED_STRIDE = 1000
+# Bumped whenever a change of leukdx changes the result of a fold trained with the same
+# settings; it is part of every config_hash, so such rows are never mixed with new ones.
+RESULTS_VERSION = "1"
+# Settings that cannot change a fold's result: left out of config_hash and of the check that
+# a results folder holds one configuration ("executor" is the section of parallel executors).
+NON_RESULT_KEYS: tuple[str, ...] = (
+    "name", "evaluate.runs", "evaluate.plots", "evaluate.save_predictions", "evaluate.grid",
+    "train.verbose", "train.tensorboard", "data.cache", "data.cache_dir", "data.workers",
+    "features.cache_dir", "features.tsne", "features.pca_components", "features.pca_above",
+    "executor",
+)
+# Left out of the folder-level check only: each grid point (each feature classifier) has
+# its own key columns and config_hash, so adding one extends the folder's plan.
+FOLDER_ONLY_KEYS: tuple[str, ...] = ("features.classifiers",)
+# A training set with more than this many images of one class per image of the other, trained
+# without class weights, is warned about.
+IMBALANCE_RATIO = 2.0
+# Plans estimated to take longer than this on a machine without a GPU are warned about.
+CPU_WARN_SECONDS = 4 * 3600.0
 
 
 class SourceConfoundWarning(UserWarning):
     """A training set's label can be predicted from its source alone."""
+
+
+class ClassImbalanceWarning(UserWarning):
+    """A fold's training set is strongly imbalanced and trained without class weights."""
+
+
+class SlowPlanWarning(UserWarning):
+    """An evaluation plan is estimated to take very long on this (CPU-only) machine."""
+
+
+class ResultsFolderError(RunFolderError):
+    """The results folder holds folds of another configuration; the message names the
+    differing settings and how to proceed (another ``--out``, or ``--force``)."""
 
 
 # ------------------------------------------------------------------------------ trainers
@@ -110,11 +158,21 @@ class FoldOutput(NamedTuple):
         probabilities: P(leukaemia) of each test image, shape (n_test,).
         train_seconds: wall-clock seconds spent training.
         infer_ms_per_image: milliseconds per test image at prediction.
+        n_fit: training images actually fitted (the fold's training part minus the
+            validation images split off inside it); ``None``: all of the training part.
+        n_val: validation images split off inside the fold (``None``: none).
+        precision_policy: the Keras dtype policy that trained (``None``: not a Keras model).
+        jit_compile: whether training was XLA-compiled, as Keras resolved it (``None``: not
+            a Keras model).
     """
 
     probabilities: np.ndarray
     train_seconds: float
     infer_ms_per_image: float
+    n_fit: int | None = None
+    n_val: int | None = None
+    precision_policy: str | None = None
+    jit_compile: bool | str | None = None
 
 
 @runtime_checkable
@@ -224,10 +282,30 @@ class FineTuneTrainer:
 
     Args:
         callbacks: extra Keras callbacks for every fit (e.g. for monitoring).
+
+    Attributes:
+        epoch_listener: called as ``epoch_listener(epoch, seconds, n_fit)`` after every
+            training epoch (the runner uses the first one to estimate the whole plan).
     """
 
     def __init__(self, callbacks: Sequence[Any] = ()):
         self.callbacks = list(callbacks)
+        self.epoch_listener: Callable[[int, float, int], None] | None = None
+
+    def _timing_callback(self, n_fit: int):
+        import keras
+
+        listener = self.epoch_listener
+
+        class EpochSeconds(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self._start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                if listener is not None:
+                    listener(int(epoch), time.perf_counter() - self._start, n_fit)
+
+        return EpochSeconds()
 
     def key_fields(self, cfg: Config) -> dict[str, str]:
         return {
@@ -284,7 +362,7 @@ class FineTuneTrainer:
 
         previous_policy = keras.mixed_precision.global_policy()
         try:
-            apply_precision(cfg.train.precision)
+            policy_name = apply_precision(cfg.train.precision)
             strategy = distribution_strategy(cfg.train.distribution)
             train_ds, val_ds, model_augmentation = make_training_datasets(
                 cfg, train_images[fit_pos], labels[fit_pos],
@@ -293,14 +371,19 @@ class FineTuneTrainer:
             model = build_compiled_model(cfg, strategy, model_augmentation)
             start = time.perf_counter()
             fit_model(
-                model, train_ds, val_ds, cfg, callbacks=self.callbacks,
+                model, train_ds, val_ds, cfg,
+                callbacks=[*self.callbacks, self._timing_callback(len(fit_pos))],
                 class_weight=class_weights(labels[fit_pos], cfg.train.class_weight),
             )
             train_seconds = time.perf_counter() - start
             probabilities, infer_ms = predict_timed(model, test_images)
+            # what Keras resolved (``auto`` becomes a bool once the model is compiled)
+            jit_compile = getattr(model, "jit_compile", getattr(cfg.train, "jit_compile", None))
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
-        return FoldOutput(probabilities, train_seconds, infer_ms)
+        return FoldOutput(probabilities, train_seconds, infer_ms, n_fit=len(fit_pos),
+                          n_val=len(val_pos), precision_policy=policy_name,
+                          jit_compile=jit_compile)
 
 
 # ------------------------------------------------------------------------------ the grid
@@ -510,6 +593,518 @@ def _free_memory() -> None:
     gc.collect()
 
 
+# ------------------------------------------------------------------- the results folder
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _excluded(key: str, names: Sequence[str]) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in names)
+
+
+def result_settings(cfg: Config, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings of ``cfg`` that can change a fold's result, as dotted keys.
+
+    Everything but :data:`NON_RESULT_KEYS` (and ``exclude``); ``data.root`` is resolved, so
+    the same folder written relative or absolute is the same data.
+
+    Args:
+        cfg: a configuration.
+        exclude: further dotted keys (or sections) to leave out.
+
+    Example:
+        >>> from leukdx.config import Config
+        >>> "evaluate.runs" in result_settings(Config()), "train.epochs" in result_settings(Config())
+        (False, True)
+    """
+    flat = _flatten(config_to_dict(cfg))
+    if flat.get("data.root"):
+        flat["data.root"] = str(Path(str(flat["data.root"])).expanduser().resolve())
+    names = tuple(NON_RESULT_KEYS) + tuple(exclude)
+    return {k: v for k, v in flat.items() if not _excluded(k, names)}
+
+
+def config_hash(cfg: Config) -> str:
+    """Hash of everything that can change the result of a fold trained with ``cfg``.
+
+    Covers :func:`result_settings` (data, augment, model, train, evaluate protocol, seed, ...)
+    and :data:`RESULTS_VERSION`; not ``evaluate.runs``, plots, verbosity, caches or executor
+    settings. Every ``folds.csv`` row carries the hash of its grid point's config.
+
+    Example:
+        >>> from leukdx.config import Config, replace
+        >>> base = Config()
+        >>> config_hash(base) == config_hash(replace(base, {"evaluate.runs": 5}))
+        True
+        >>> config_hash(base) == config_hash(replace(base, {"train.epochs": 2}))
+        False
+    """
+    material = {"results_version": RESULTS_VERSION, "settings": result_settings(cfg)}
+    text = json.dumps(material, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [k for k in keys if json.dumps(saved.get(k), default=str, sort_keys=True)
+            != json.dumps(current.get(k), default=str, sort_keys=True)]
+
+
+def _shown(keys: Sequence[str]) -> str:
+    return ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
+
+
+def _refusal(out: Path, what: str) -> ResultsFolderError:
+    return ResultsFolderError(
+        f"{out} holds folds of a different configuration ({what}). Use another --out, or "
+        f"--force to start a new ledger there (the old {FOLDS_FILE} is kept as "
+        "folds.<timestamp>.csv)."
+    )
+
+
+def _check_saved_config(out: Path, results_cfg: Config) -> None:
+    """Compare the folder's ``config.yaml`` with ``results_cfg`` (result-affecting keys)."""
+    import yaml
+
+    from leukdx.config import config_from_dict
+
+    saved_path = out / CONFIG_FILE
+    if not saved_path.is_file():
+        return
+    try:
+        saved_cfg = config_from_dict(yaml.safe_load(saved_path.read_text()) or {})
+    except (ConfigError, yaml.YAMLError) as exc:
+        raise ResultsFolderError(
+            f"{saved_path} cannot be read as a leukdx config ({exc}). Use another --out, or "
+            "--force to start a new ledger there."
+        ) from exc
+    differing = _differences(result_settings(saved_cfg, FOLDER_ONLY_KEYS),
+                             result_settings(results_cfg, FOLDER_ONLY_KEYS))
+    if differing:
+        raise _refusal(out, f"{_shown(differing)} differ")
+
+
+def _hash_settings(out: Path, digest: str) -> dict[str, Any] | None:
+    from leukdx.runinfo import read_json
+
+    return read_json(out / HASHES_DIR / f"{digest}.json")
+
+
+def _check_rows(out: Path, folds: pd.DataFrame, planned: Mapping[tuple[str, ...], Any]) -> None:
+    """Refuse when a planned fold is in the ledger with another config hash."""
+    for _, row in folds.iterrows():
+        key = Ledger.key_of(row)
+        if key not in planned:
+            continue
+        unit = planned[key]
+        written = str(row.get("config_hash", "") or "")
+        if written in ("", "nan"):
+            raise _refusal(out, "its rows carry no config_hash: they were written by an "
+                                "older leukdx and cannot be checked")
+        if written == unit.config_hash:
+            continue
+        saved = _hash_settings(out, written)
+        if saved is None:
+            raise _refusal(out, f"config_hash {written} differs from {unit.config_hash}")
+        differing = _differences(saved.get("settings", {}), result_settings(unit.cfg))
+        if saved.get("results_version") != RESULTS_VERSION:
+            differing.append(f"leukdx results version {saved.get('results_version')} -> "
+                             f"{RESULTS_VERSION}")
+        raise _refusal(out, f"{_shown(differing or ['config_hash'])} differ")
+
+
+def prepare_results_folder(
+    out: str | Path, results_cfg: Config, *, force: bool = False
+) -> Ledger:
+    """Make ``out`` a results folder of ``results_cfg``: check, archive on ``force``, record.
+
+    A folder holds one configuration: its ``config.yaml`` is compared with ``results_cfg`` on
+    every result-affecting key (:func:`result_settings`, grid values and the list of feature
+    classifiers aside, since each grid point's rows are checked by their ``config_hash``).
+    With ``force`` the old ledger is kept as ``folds.<timestamp>.csv`` (its predictions as
+    ``predictions.<timestamp>/``, its config as ``config.<timestamp>.yaml``) and a new one
+    starts.
+
+    Args:
+        out: the results folder (created).
+        results_cfg: the configuration the folder is to describe.
+        force: start a new ledger when the folder holds another configuration.
+
+    Returns:
+        The folder's :class:`~leukdx.evaluation.ledger.Ledger`.
+
+    Raises:
+        ResultsFolderError: the folder holds another configuration and ``force`` is false.
+    """
+    import yaml
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out / FOLDS_FILE)
+    with ledger.locked():
+        if force:
+            archived = ledger.archive()
+            if archived is not None:
+                stamp = archived.name[len("folds."):-len(".csv")]
+                for name, target in ((PREDICTIONS_DIR, f"{PREDICTIONS_DIR}.{stamp}"),
+                                     (CONFIG_FILE, f"config.{stamp}.yaml")):
+                    if (out / name).exists():
+                        (out / name).rename(out / target)
+                log.warning("Started a new ledger in %s; the old one is %s.", out, archived.name)
+        else:
+            _check_saved_config(out, results_cfg)
+        atomic_write_text(out / CONFIG_FILE,
+                          yaml.safe_dump(config_to_dict(results_cfg), sort_keys=False))
+    return ledger
+
+
+def _record_hash(out: Path, cfg: Config, digest: str) -> None:
+    """Keep what a hash stands for, so a later mismatch can name the differing keys."""
+    path = out / HASHES_DIR / f"{digest}.json"
+    if not path.is_file():
+        write_json_atomic({"results_version": RESULTS_VERSION,
+                           "settings": result_settings(cfg)}, path)
+
+
+# ------------------------------------------------------------------- one fold, pure
+
+
+@dataclass
+class FoldTask:
+    """Everything needed to train and test one fold of one run (no ledger access).
+
+    Attributes:
+        cfg: the grid point's configuration.
+        key: the ledger key columns of the fold.
+        split: the split (train/test positions into ``records``).
+        records: the records the split indexes (with labels).
+        seed: the seed of this fold and run.
+        config_hash: :func:`config_hash` of ``cfg``.
+        label: ``grid point | split | run`` for messages.
+    """
+
+    cfg: Config
+    key: dict[str, Any]
+    split: Split
+    records: pd.DataFrame
+    seed: int
+    config_hash: str
+    label: str
+
+    @property
+    def key_text(self) -> tuple[str, ...]:
+        return Ledger.key_of(self.key)
+
+
+class FoldResult(NamedTuple):
+    """What :func:`run_fold` returns: the ledger row and the per-image predictions.
+
+    Attributes:
+        row: the ``folds.csv`` row (key, sizes, counts, metrics, timings, provenance).
+        predictions: ``path``, ``label``, ``probability`` of every test image.
+    """
+
+    row: dict[str, Any]
+    predictions: pd.DataFrame
+
+
+def class_balance_warning(train_records: pd.DataFrame, cfg: Config, where: str) -> str | None:
+    """The one-line warning for a strongly imbalanced training set (> 2:1) trained with
+    ``train.class_weight: none``; ``None`` when balanced enough or already weighted."""
+    if cfg.train.class_weight != "none":
+        return None
+    labels = train_records["label"].to_numpy().astype(int)
+    healthy, leukaemia = int((labels == 0).sum()), int((labels == 1).sum())
+    if min(healthy, leukaemia) == 0:
+        return None  # one class only: the trainer reports that itself
+    ratio = max(healthy, leukaemia) / min(healthy, leukaemia)
+    if ratio <= IMBALANCE_RATIO:
+        return None
+    return (f"The training set of {where} is imbalanced ({healthy} healthy : {leukaemia} "
+            f"leukaemia, {ratio:.1f}:1) and train.class_weight is none; set "
+            "train.class_weight: balanced to weight both classes equally.")
+
+
+def run_fold(task: FoldTask, trainer: FoldTrainer, cache) -> FoldResult:
+    """Train and test one fold; writes nothing (the driver alone writes the ledger).
+
+    Args:
+        task: the fold.
+        trainer: how it is trained.
+        cache: the ImageCache that decodes (once per image and size) its images.
+
+    Returns:
+        The fold's :class:`FoldResult`.
+
+    Raises:
+        RuntimeError: the trainer returned the wrong number of probabilities.
+    """
+    from leukdx.evaluation.metrics import binary_metrics
+
+    cfg, split = task.cfg, task.split
+    train_records = task.records.iloc[split.train_idx].reset_index(drop=True)
+    test_records = task.records.iloc[split.test_idx].reset_index(drop=True)
+    size, aspect = cfg.data.image_size, cfg.data.aspect
+    try:
+        # decoded once per image and size by the shared cache; copied per fold
+        output = FoldOutput(*trainer.fit_predict(
+            cfg, train_records, cache.get(train_records, size, aspect),
+            cache.get(test_records, size, aspect), task.seed,
+            test_records=test_records.drop(columns=["label"]),
+        ))
+    finally:
+        if getattr(trainer, "builds_keras_models", True):
+            _free_memory()
+    probabilities = np.asarray(output.probabilities, dtype=np.float64).reshape(-1)
+    if probabilities.size != len(test_records):
+        raise RuntimeError(
+            f"The fold trainer returned {probabilities.size} probabilities for "
+            f"{len(test_records)} test images ({split.name})."
+        )
+    y_test = test_records["label"].to_numpy().astype(int)
+    metrics = binary_metrics(y_test, probabilities, threshold=cfg.train.threshold)
+    keras_model = getattr(trainer, "builds_keras_models", True)
+    jit = output.jit_compile
+    if jit is None and keras_model:
+        jit = getattr(cfg.train, "jit_compile", None)
+    row = {
+        **task.key,
+        "n_train": int(output.n_fit) if output.n_fit is not None else split.n_train,
+        "n_val": int(output.n_val) if output.n_val is not None else 0,
+        "n_test": split.n_test,
+        **metrics,
+        "train_seconds": float(output.train_seconds),
+        "infer_ms_per_image": float(output.infer_ms_per_image),
+        "repeat": split.repeat,
+        "config_hash": task.config_hash,
+        "image_size": int(cfg.data.image_size),
+        "epochs": int(cfg.train.epochs) if keras_model else None,
+        "precision_policy": output.precision_policy or (cfg.train.precision if keras_model
+                                                        else None),
+        "jit_compile": jit,
+    }
+    predictions = pd.DataFrame({"path": test_records["path"].astype(str).tolist(),
+                                "label": y_test, "probability": probabilities})
+    return FoldResult(row, predictions)
+
+
+# ------------------------------------------------------------------- plan, estimate, ETA
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(float(seconds), 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(int(round(seconds / 60)), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _fit_cost(n_fit: float, epochs: float | None) -> float:
+    """Work of one fit in image-epochs (the unit of the time estimate)."""
+    return max(float(n_fit), 1.0) * max(float(epochs or 1), 1.0)
+
+
+def _history_rates(out: Path, backbone: str, image_size: int) -> list[float]:
+    """Seconds per image-epoch of earlier fits of the same backbone and image size: rows of
+    this folder's ledgers (current and archived) and ``runs/*/run.json`` of ``leukdx train``."""
+    from leukdx.runinfo import read_json
+
+    rates: list[float] = []
+    for path in sorted(out.glob("folds*.csv")):
+        try:
+            folds = Ledger(path).read()
+        except LedgerError:
+            continue
+        if folds.empty or not {"backbone", "image_size", "train_seconds"} <= set(folds.columns):
+            continue
+        same = folds[(folds["backbone"].astype(str) == str(backbone))
+                     & (pd.to_numeric(folds["image_size"], errors="coerce") == image_size)]
+        for _, row in same.iterrows():
+            seconds = pd.to_numeric(row.get("train_seconds"), errors="coerce")
+            n_fit = pd.to_numeric(row.get("n_train"), errors="coerce")
+            epochs = pd.to_numeric(row.get("epochs"), errors="coerce")
+            if np.isfinite(seconds) and seconds > 0 and np.isfinite(n_fit) and n_fit > 0:
+                rates.append(float(seconds) / _fit_cost(n_fit, epochs if np.isfinite(epochs)
+                                                        else None))
+    for path in sorted(Path("runs").glob("*/run.json"))[:200]:
+        info = read_json(path) or {}
+        data, model = info.get("data") or {}, info.get("model") or {}
+        if model.get("backbone") != backbone or data.get("image_size") != image_size:
+            continue
+        n_fit = sum((data.get("n_train") or {}).values()) if isinstance(
+            data.get("n_train"), dict) else 0
+        seconds, epochs = info.get("train_seconds"), info.get("epochs_completed")
+        if n_fit and epochs and isinstance(seconds, (int, float)) and seconds > 0:
+            rates.append(float(seconds) / _fit_cost(n_fit, epochs))
+    return rates
+
+
+def _has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (imports TensorFlow; asked only for long plans)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+class _Progress:
+    """Prints the plan, its time estimate, and ``fold k/N, elapsed, ETA`` as folds finish."""
+
+    def __init__(self, units: Sequence[FoldTask], done: set[tuple[str, ...]], out: Path,
+                 plans: Sequence[Any], keras_models: bool, progress: bool) -> None:
+        self.units, self.out, self.progress = list(units), out, progress
+        self.keras_models = keras_models
+        self.total = len(self.units)
+        self.to_train = [u for u in self.units if u.key_text not in done]
+        self.skipped = self.total - len(self.to_train)
+        self.plans = plans
+        self.finished = self.skipped
+        self.trained = 0
+        self.start = time.perf_counter()
+        self.training_seconds = 0.0
+        self.estimate: float | None = None
+        self.warned = False
+
+    def say(self, message: str) -> None:
+        if self.progress:
+            print(message, flush=True)
+        else:
+            log.info("%s", message)
+
+    def _cost(self, unit: FoldTask) -> float:
+        return _fit_cost(unit.split.n_train, unit.cfg.train.epochs if self.keras_models else None)
+
+    def plan_line(self) -> str:
+        runs = {p.point.cfg.evaluate.runs for p in self.plans}
+        splits = {len(p.splits) for p in self.plans}
+        if len(runs) == 1 and len(splits) == 1:
+            shape = (f"{len(self.plans)} configuration(s) x {splits.pop()} split(s) x "
+                     f"{runs.pop()} run(s) = {self.total} fits")
+        else:
+            shape = f"{self.total} fits over {len(self.plans)} configuration(s)"
+        done = (f"{self.skipped} already in {FOLDS_FILE} (not retrained), "
+                if self.skipped else "")
+        return f"Plan: {shape}; {done}{len(self.to_train)} to train."
+
+    def announce(self) -> None:
+        self.say(self.plan_line())
+        if not self.to_train:
+            return
+        first = self.to_train[0].cfg
+        rates = _history_rates(self.out, first.model.backbone, int(first.data.image_size))
+        if rates:
+            rate = float(np.median(rates))
+            self._set_estimate(rate * sum(self._cost(u) for u in self.to_train),
+                               f"{len(rates)} earlier fit(s) of {first.model.backbone} at "
+                               f"{first.data.image_size} px")
+        elif self.keras_models:
+            self.say("Estimated time: known after the first epoch.")
+
+    def first_epoch(self, epoch: int, seconds: float, n_fit: int) -> None:
+        """Epoch listener: the first epoch measured sets the estimate when history had none."""
+        if self.estimate is not None or epoch != 0:
+            return
+        rate = seconds / _fit_cost(n_fit, 1)
+        self._set_estimate(rate * sum(self._cost(u) for u in self.to_train),
+                           f"a measured first epoch of {_duration(seconds)}")
+
+    def _set_estimate(self, seconds: float, basis: str) -> None:
+        self.estimate = seconds
+        self.say(f"Estimated time: about {_duration(seconds)} for {len(self.to_train)} "
+                 f"fit(s) (from {basis}).")
+        if self.keras_models and seconds > CPU_WARN_SECONDS and not self.warned:
+            self.warned = True
+            if not _has_gpu():
+                warnings.warn(
+                    f"This plan needs about {_duration(seconds)} on this CPU-only machine; "
+                    "faster: a smaller data.image_size (e.g. 64 or 96), a lighter "
+                    "model.backbone (mobilenetv3small), fewer evaluate.runs, or executor: ray "
+                    "on a GPU machine.", SlowPlanWarning, stacklevel=4)
+
+    def fold_done(self, task: FoldTask, row: Mapping[str, Any], seconds: float) -> None:
+        self.finished += 1
+        self.trained += 1
+        self.training_seconds += seconds
+        elapsed = time.perf_counter() - self.start
+        left = [u for u in self.to_train[self.trained:]]
+        per_cost = self.training_seconds / max(sum(self._cost(u) for u in
+                                                   self.to_train[: self.trained]), 1.0)
+        eta = per_cost * sum(self._cost(u) for u in left)
+        self.say(f"fold {self.finished}/{self.total} {task.label}: accuracy "
+                 f"{row['accuracy']:.3f}, MCC {row['mcc']:.3f}; elapsed {_duration(elapsed)}, "
+                 f"ETA {_duration(eta) if left else 'done'}")
+
+    def fold_elsewhere(self, task: FoldTask, how: str) -> None:
+        self.finished += 1
+        self.say(f"fold {self.finished}/{self.total} {task.label}: {how}")
+
+
+# ------------------------------------------------------------------- the driver
+
+
+def _write_fold(out: Path, ledger: Ledger, task: FoldTask, result: FoldResult) -> None:
+    """Predictions first, then the row: a row in the ledger means its predictions exist."""
+    if task.cfg.evaluate.save_predictions:
+        preds = result.predictions
+        write_predictions(out / PREDICTIONS_DIR / predictions_name(task.key),
+                          preds["path"].tolist(), preds["label"].to_numpy(),
+                          preds["probability"].to_numpy(), threshold=task.cfg.train.threshold)
+    ledger.append(result.row)  # under the ledger lock; the fold is now safe from a crash
+
+
+def _train_claimed(out, ledger, task, trainer, cache, progress_report) -> None:
+    start = time.perf_counter()
+    result = run_fold(task, trainer, cache)
+    _write_fold(out, ledger, task, result)
+    progress_report.fold_done(task, result.row, time.perf_counter() - start)
+    log.info("%s: accuracy %.3f, MCC %.3f", task.label, result.row["accuracy"],
+             result.row["mcc"])
+
+
+def drive_folds(
+    tasks: Sequence[FoldTask], ledger: Ledger, out: Path, trainer: FoldTrainer, cache,
+    progress_report: _Progress,
+) -> None:
+    """Claim, train and record every task not yet in the ledger.
+
+    A fold is claimed (:meth:`Ledger.try_claim`) before it trains, so workers sharing the
+    folder split the folds; folds claimed by other workers are waited for at the end and
+    trained here only if their worker died without finishing them.
+    """
+    done = ledger.done_keys()
+    elsewhere: list[FoldTask] = []
+    for task in tasks:
+        if task.key_text in done:
+            continue
+        claim = ledger.try_claim(task.key)
+        if claim is None:
+            elsewhere.append(task)
+            continue
+        with claim:
+            if ledger.has(task.key):
+                progress_report.fold_elsewhere(task, "finished by another worker")
+                continue
+            _train_claimed(out, ledger, task, trainer, cache, progress_report)
+    for task in elsewhere:
+        with ledger.try_claim(task.key, timeout=-1):  # until its worker finishes or dies
+            if ledger.has(task.key):
+                progress_report.fold_elsewhere(task, "finished by another worker")
+                continue
+            _train_claimed(out, ledger, task, trainer, cache, progress_report)
+
+
 def _write_plots(
     out: Path, folds: pd.DataFrame, prediction_files: Mapping[tuple[str, ...], Path]
 ) -> list[Path]:
@@ -568,116 +1163,101 @@ def run_evaluation(
     progress: bool = True,
     trainer: FoldTrainer | None = None,
     collection=None,
+    force: bool = False,
+    results_config: Config | None = None,
+    print_summary: bool = True,
 ) -> pd.DataFrame:
     """Run the whole evaluation (every grid point, split and run) into ``out_dir``.
 
+    Prints the plan first (configurations x splits x runs = fits, how many are already in
+    the ledger, an estimate of the time), then ``fold k/N, elapsed, ETA`` per fold. Several
+    processes may run the same evaluation into one folder: they split the folds.
+
     Args:
         cfg: the experiment config (``evaluate`` chooses protocol, runs and grid).
-        out_dir: results folder (created); re-using it resumes an interrupted evaluation.
+        out_dir: results folder (created); re-using it resumes an interrupted evaluation of
+            the same configuration and refuses another one.
         cache: an ``ImageCache`` to share with other work; by default one is made from
             ``data.cache`` and shared by every fold, run and grid point.
-        progress: progress bars and the printed summary table.
+        progress: print the plan, per-fold progress and the summary table (else they are
+            logged at INFO).
         trainer: how folds are trained; default :func:`get_trainer` of ``cfg.task``.
         collection: an already loaded ``Collection`` (used for every grid point).
+        force: when the folder holds another configuration, keep its ledger as
+            ``folds.<timestamp>.csv`` and start a new one.
+        results_config: the configuration the folder records in ``config.yaml`` and checks
+            against (default ``cfg``; ``leukdx features`` passes the user's config).
+        print_summary: with ``progress``, print ``summary.md`` at the end.
 
     Returns:
-        The folds of this evaluation (one row per configuration, split and run), including
-        those finished by earlier invocations.
+        The folds of this evaluation's plan (one row per configuration, split and run),
+        including those finished by earlier invocations; ``summary.*`` and plots cover
+        exactly these rows.
 
     Raises:
         LeakageError: a split shares images between training and test.
         ConfigError: an invalid grid combination or unknown task.
+        ResultsFolderError: the folder holds folds of another configuration (without
+            ``force``); the message names the differing settings.
     """
-    from tqdm.auto import tqdm
-
-    from leukdx.evaluation.metrics import binary_metrics
-
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     trainer = trainer if trainer is not None else get_trainer(cfg.task)
     points = expand_grid(cfg)
+    ledger = prepare_results_folder(out, results_config or cfg, force=force)
     plans, leakage = _make_plans(cfg, points, trainer, collection, progress)
     write_json_atomic(leakage, out / LEAKAGE_FILE)
 
-    if cache is None:
-        from leukdx.data.pipeline import ImageCache
-
-        cache = ImageCache.from_config(cfg.data, progress=progress)
-    ledger = Ledger(out / FOLDS_FILE)
-    done = ledger.done_keys()
-    units = [
-        (plan, position, split, run)
-        for plan in plans
-        for position, split in enumerate(plan.splits)
-        for run in range(plan.point.cfg.evaluate.runs)
-    ]
-    planned_keys: list[tuple[str, ...]] = []
-    prediction_files: dict[tuple[str, ...], Path] = {}
-    bar = tqdm(total=len(units), desc=f"Evaluating {cfg.name}", unit="fold",
-               disable=None if progress else True)
-    try:
-        for plan, position, split, run in units:
-            pcfg = plan.point.cfg
-            seed = fold_seed(pcfg, position, run)
-            key = _row_key(plan, split, run, seed)
-            key_text = Ledger.key_of(key)
-            planned_keys.append(key_text)
-            prediction_path = out / PREDICTIONS_DIR / predictions_name(key)
-            if pcfg.evaluate.save_predictions:
-                prediction_files[key_text] = prediction_path
-            if key_text in done:  # finished by an earlier invocation: never retrain
-                bar.update(1)
-                continue
-            bar.set_postfix_str(f"{plan.point.label or pcfg.name} | {split.name} | run {run}")
-            train_records = plan.records.iloc[split.train_idx].reset_index(drop=True)
-            test_records = plan.records.iloc[split.test_idx].reset_index(drop=True)
-            size, aspect = pcfg.data.image_size, pcfg.data.aspect
-            try:
-                # decoded once per image and size by the shared cache; copied per fold
-                output = FoldOutput(*trainer.fit_predict(
-                    pcfg, train_records, cache.get(train_records, size, aspect),
-                    cache.get(test_records, size, aspect), seed,
-                    test_records=test_records.drop(columns=["label"]),
+    tasks: list[FoldTask] = []
+    keras_models = bool(getattr(trainer, "builds_keras_models", True))
+    for plan in plans:
+        pcfg = plan.point.cfg
+        digest = config_hash(pcfg)
+        _record_hash(out, pcfg, digest)
+        for position, split in enumerate(plan.splits):
+            if keras_models:
+                message = class_balance_warning(
+                    plan.records.iloc[split.train_idx], pcfg, split.name)
+                if message:
+                    warnings.warn(message, ClassImbalanceWarning, stacklevel=2)
+            for run in range(pcfg.evaluate.runs):
+                seed = fold_seed(pcfg, position, run)
+                tasks.append(FoldTask(
+                    cfg=pcfg, key=_row_key(plan, split, run, seed), split=split,
+                    records=plan.records, seed=seed, config_hash=digest,
+                    label=" | ".join(p for p in (plan.point.label, split.name, f"run {run}")
+                                     if p),
                 ))
-            finally:
-                if getattr(trainer, "builds_keras_models", True):
-                    _free_memory()
-            probabilities = np.asarray(output.probabilities, dtype=np.float64).reshape(-1)
-            if probabilities.size != len(test_records):
-                raise RuntimeError(
-                    f"The fold trainer returned {probabilities.size} probabilities for "
-                    f"{len(test_records)} test images ({split.name})."
-                )
-            y_test = test_records["label"].to_numpy().astype(int)
-            metrics = binary_metrics(y_test, probabilities, threshold=pcfg.train.threshold)
-            if pcfg.evaluate.save_predictions:
-                write_predictions(prediction_path, test_records["path"].tolist(), y_test,
-                                  probabilities, threshold=pcfg.train.threshold)
-            row = {
-                **key,
-                "n_train": split.n_train,
-                "n_test": split.n_test,
-                **metrics,
-                "train_seconds": float(output.train_seconds),
-                "infer_ms_per_image": float(output.infer_ms_per_image),
-                "repeat": split.repeat,
-            }
-            ledger.append(row)  # atomic: the fold is now safe from a crash
-            done.add(key_text)
-            log.info("%s %s run %d: accuracy %.3f, MCC %.3f", plan.experiment, split.name, run,
-                     metrics["accuracy"], metrics["mcc"])
-            bar.update(1)
-    finally:
-        bar.close()
+    planned = {task.key_text: task for task in tasks}
+    if not force:
+        _check_rows(out, ledger.read(), planned)
+
+    done = ledger.done_keys()
+    report = _Progress(tasks, done, out, plans, keras_models, progress)
+    report.announce()
+    if len(report.to_train):
+        if cache is None:
+            from leukdx.data.pipeline import ImageCache
+
+            cache = ImageCache.from_config(cfg.data, progress=progress)
+        if hasattr(trainer, "epoch_listener"):
+            trainer.epoch_listener = report.first_epoch
+        drive_folds(tasks, ledger, out, trainer, cache, report)
 
     folds = ledger.read()
-    wanted = set(planned_keys)
-    folds = folds[[Ledger.key_of(r) in wanted for _, r in folds.iterrows()]].reset_index(drop=True)
+    mine = [Ledger.key_of(r) in planned
+            and str(r.get("config_hash", "")) == planned[Ledger.key_of(r)].config_hash
+            for _, r in folds.iterrows()]
+    folds = folds[mine].reset_index(drop=True) if len(folds) else folds
     if folds.empty:
         return folds
-    write_summary(out / FOLDS_FILE, out)
-    if cfg.evaluate.plots:
-        _write_plots(out, folds, prediction_files)
-    if progress:
+    prediction_files = {
+        key: out / PREDICTIONS_DIR / predictions_name(task.key)
+        for key, task in planned.items() if task.cfg.evaluate.save_predictions
+    }
+    with ledger.locked():  # one worker at a time writes the reports
+        write_summary(folds, out)
+        if cfg.evaluate.plots:
+            _write_plots(out, folds, prediction_files)
+    if progress and print_summary:
         print((out / "summary.md").read_text())
     return folds

@@ -50,7 +50,13 @@ from leukdx.evaluation.ledger import (
     markdown_table,
     summarize,
 )
-from leukdx.evaluation.runner import FoldOutput, expand_grid, register_trainer, run_evaluation
+from leukdx.evaluation.runner import (
+    FoldOutput,
+    expand_grid,
+    prepare_results_folder,
+    register_trainer,
+    run_evaluation,
+)
 from leukdx.features.analysis import (
     analyse_feature_space,
     feature_space_markdown,
@@ -284,15 +290,18 @@ def _analysis_sources(cfg: Config) -> list[str] | None:
 
 
 def run_feature_evaluation(
-    cfg: Config, out_dir: str | Path, *, progress: bool = True
+    cfg: Config, out_dir: str | Path, *, progress: bool = True, force: bool = False
 ) -> pd.DataFrame:
     """Evaluate classic classifiers on deep features and analyse the feature space.
 
     Args:
         cfg: a ``task: features`` config (see the module docstring; ``features.*``,
             ``evaluate.*``, ``model.backbone``/``model.weights``, ``data.*``).
-        out_dir: results folder (created); re-running resumes the classifier folds.
-        progress: progress bars and the printed tables.
+        out_dir: results folder (created); re-running resumes the classifier folds of the
+            same configuration and refuses another one (the message names the settings).
+        progress: progress bars, the plan with its estimate, and the printed tables.
+        force: when the folder holds another configuration, keep its ledger as
+            ``folds.<timestamp>.csv`` and start a new one.
 
     Returns:
         The classifier folds (``folds.csv`` rows, :data:`~leukdx.evaluation.ledger.FOLD_COLUMNS`
@@ -301,13 +310,15 @@ def run_feature_evaluation(
     Raises:
         ConfigError: an unknown classifier or layer, an invalid grid.
         FileNotFoundError: a missing ``features.model`` or weights file.
+        ResultsFolderError: the folder holds another configuration (without ``force``).
     """
     from leukdx.data.pipeline import ImageCache
     from leukdx.data.records import load_collection
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     classifiers = _check_classifiers(cfg)
+    # checked (and config.yaml written) before any feature is extracted
+    prepare_results_folder(out, cfg, force=force)
     points = expand_grid(cfg)  # one feature set per point
     data_in_grid = any(key.startswith("data.") for key in cfg.evaluate.grid)
     collection = None if data_in_grid else load_collection(
@@ -321,8 +332,10 @@ def run_feature_evaluation(
     if classifiers:
         grid = {**cfg.evaluate.grid, CLASSIFIER_GRID_KEY: [[name] for name in classifiers]}
         eval_cfg = replace(cfg, {"evaluate.grid": grid, "task": "features"})
-        folds = run_evaluation(eval_cfg, out, cache=cache, progress=False, trainer=trainer,
-                               collection=collection)
+        # the folder was prepared above (force applied once); run_evaluation re-checks it
+        folds = run_evaluation(eval_cfg, out, cache=cache, progress=progress, trainer=trainer,
+                               collection=collection, results_config=cfg,
+                               print_summary=False)
         if len(folds):
             table1 = table1_markdown(folds, title=f"{cfg.name}: deep features + classifiers")
             atomic_write_text(out / "summary.md", table1)
