@@ -143,16 +143,31 @@ class AugmentConfig:
     """Training-time augmentation.
 
     Args:
-        preset: ``leuknet`` (LeukNet §3.2), ``loey`` (Loey et al. §3.1.1) or ``none``.
+        preset: ``leuknet`` (LeukNet §3.2), ``loey`` (Loey et al. §3.1.1), ``stain``
+            (HED + colour jitter), ``leuknet_stain`` (leuknet then stain), ``generalise``
+            (strong geometric, scale, stain, blur and JPEG jitter), ``randstainna`` (LAB
+            styles from the fold's training images) or ``none``; see
+            :mod:`leukdx.data.augment`.
         expand: augmented passes over the training set per epoch (LeukNet used a 20x
             larger training set).
-        placement: ``pipeline`` (tf.data, batched) or ``model`` (inside the model, so it runs
-            on the accelerator).
+        placement: ``pipeline`` (tf.data, batched, reproducible whatever the thread count)
+            or ``model`` (inside the model, so it runs on the accelerator; reproducible only
+            single-threaded).
+        strength: multiplier of the magnitudes of ``stain``, ``leuknet_stain``,
+            ``generalise`` and ``randstainna`` (0 = identity, 2 = twice as strong); the paper
+            presets ignore it.
     """
 
     preset: str = "leuknet"
     expand: int = 1
     placement: str = "pipeline"
+    strength: float = 1.0
+
+    def __post_init__(self):
+        if self.strength < 0:
+            raise ConfigError(
+                f"'augment.strength' is {self.strength}; it must be 0 or more (1 = default)."
+            )
 
 
 @dataclass
@@ -364,7 +379,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.stain_normalize": ("none", "reinhard", "macenko"),
     "data.crop": ("none", "center"),
     "data.tile.aggregate": ("mean", "max", "topk"),
-    "augment.preset": ("leuknet", "loey", "none"),
+    "augment.preset": (
+        "leuknet", "loey", "stain", "leuknet_stain", "generalise", "randstainna", "none"
+    ),
     "augment.placement": ("pipeline", "model"),
     "model.strategy": ("sft", "dft", "msft", "mdft"),
     "model.norm": ("batch", "group", "layer"),

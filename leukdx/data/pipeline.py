@@ -219,15 +219,24 @@ def make_dataset(
         batch_size: images per batch (the last batch may be smaller).
         training: shuffle (seeded, a new order every iteration), repeat ``expand`` passes
             and augment. Otherwise the order is kept and nothing is augmented.
-        seed: shuffle seed; the same seed gives the same sequence of batches.
-        augmentation: a Keras layer / ``Sequential`` applied to whole float32 batches with
-            ``training=True`` (training only); ``None`` for none.
+        seed: run seed of the shuffle and of the augmentation; the same seed gives the same
+            sequence of batches, augmented pixels included.
+        augmentation: a preset of :mod:`leukdx.data.augment` (or any Keras layer /
+            ``Sequential``) applied to whole float32 batches (training only); ``None`` for
+            none. Its data-dependent layers (``RandStainNA``) are fitted on ``images`` first.
         expand: passes over the data per iteration (LeukNet's enlarged training set: each
             pass is differently shuffled and augmented).
 
     Returns:
         Dataset of ``(images float32 (B, S, S, 3) in [0, 255], labels float32 (B,))``, or of
         images alone when ``labels`` is ``None``; prefetched.
+
+    Determinism: each training example carries a stateless seed pair derived from (``seed``,
+    epoch, its row index) — a seeded random stream that is re-drawn every iteration exactly as
+    the reshuffle is, zipped with the index before batching — and the augmentation draws from
+    it (:func:`leukdx.data.augment.apply_augmentation`). The augmented stream therefore does not
+    depend on ``tf.data``'s thread count, on the order of parallel map calls or on the batch
+    size.
     """
     import tensorflow as tf
 
@@ -254,30 +263,38 @@ def make_dataset(
     images_t = tf.constant(images)
     labels_t = tf.constant(labels) if labels is not None else None
 
+    augment = training and augmentation is not None
+    if augment:
+        from leukdx.data.augment import fit_augmentation
+
+        fit_augmentation(augmentation, images)  # fold-specific statistics: training rows only
+
     indices = tf.data.Dataset.range(n)
     if training:
         indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
         if expand > 1:
             indices = indices.repeat(expand)
+    if augment:
+        # One stateless seed pair per example: (stream value, row index). The stream is a
+        # function of the seed and of the iteration (epoch), like the reshuffle, and is zipped
+        # in before any parallel map, so every example's seed is fixed whatever runs it.
+        stream = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        indices = tf.data.Dataset.zip(indices, stream).map(
+            lambda i, r: (i, tf.stack([r, i]))
+        )
     indices = indices.batch(batch_size)
 
-    def gather(idx):
+    def gather(idx, seeds=None):
         x = tf.cast(tf.gather(images_t, idx), tf.float32)
+        if augment:
+            from leukdx.data.augment import apply_augmentation
+
+            x = apply_augmentation(augmentation, x, seeds)
         if labels_t is None:
             return x
         return x, tf.gather(labels_t, idx)
 
     ds = indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and augmentation is not None:
-        if labels_t is None:
-            ds = ds.map(
-                lambda x: augmentation(x, training=True), num_parallel_calls=tf.data.AUTOTUNE
-            )
-        else:
-            ds = ds.map(
-                lambda x, y: (augmentation(x, training=True), y),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

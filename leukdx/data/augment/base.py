@@ -1,0 +1,129 @@
+"""Per-example stateless randomness shared by every leukdx augmentation layer.
+
+Every random layer of :mod:`leukdx.data.augment` derives what it does to image ``i`` of a batch
+from a seed pair ``seeds[i]`` (``(B, 2)`` integers) with TensorFlow's *stateless* random ops.
+The same seed pair always gives the same transform, whatever the batch it sits in, the batch
+size, the thread that runs it or the order in which ``tf.data`` runs parallel map calls.
+
+Where the seeds come from:
+
+* ``augment.placement: pipeline`` — :func:`leukdx.data.pipeline.make_dataset` attaches to each
+  example a seed pair derived from (run seed, epoch, example index) and calls
+  :func:`leukdx.data.augment.apply_augmentation` with it.
+* ``augment.placement: model`` or a direct call ``layer(images)`` — no seeds are given, so the
+  layer draws one pair per image from its own ``keras.random.SeedGenerator``. That generator is
+  a state advanced on every call: the sequence is reproducible only when calls happen in one
+  order (single-threaded), as for Keras' own random layers.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+__all__ = ["StatelessRandomLayer", "fold_in", "random_normal", "random_uniform"]
+
+# Largest seed drawn from a SeedGenerator (stateless ops accept any int32/int64 pair).
+_SEED_MAX = 2**31 - 1
+
+
+def random_uniform(seeds, count: int):
+    """``count`` uniform numbers in ``[0, 1)`` per example, from per-example seeds.
+
+    Args:
+        seeds: ``(B, 2)`` int32 or int64 tensor, one stateless seed pair per example.
+        count: numbers per example.
+
+    Returns:
+        float32 tensor ``(B, count)``; row ``i`` depends only on ``seeds[i]``.
+
+    Example:
+        >>> u = random_uniform(tf.constant([[1, 2], [3, 4]]), 3)   # (2, 3)
+    """
+    seeds = tf.cast(seeds, tf.int64)
+    return tf.map_fn(
+        lambda s: tf.random.stateless_uniform((count,), seed=s),
+        seeds,
+        fn_output_signature=tf.TensorSpec((count,), tf.float32),
+    )
+
+
+def random_normal(seeds, count: int):
+    """``count`` standard normal numbers per example (see :func:`random_uniform`)."""
+    seeds = tf.cast(seeds, tf.int64)
+    return tf.map_fn(
+        lambda s: tf.random.stateless_normal((count,), seed=s),
+        seeds,
+        fn_output_signature=tf.TensorSpec((count,), tf.float32),
+    )
+
+
+def fold_in(seeds, salt: int):
+    """New per-example seeds, independent of ``seeds`` for every distinct ``salt``.
+
+    Used to give each layer of a preset its own stream from the same example seeds.
+    """
+    seeds = tf.cast(seeds, tf.int64)
+    salt = tf.constant(int(salt), tf.int64)
+    return tf.map_fn(
+        lambda s: tf.random.experimental.stateless_fold_in(s, salt, alg="philox"),
+        seeds,
+        fn_output_signature=tf.TensorSpec((2,), tf.int64),
+    )
+
+
+class StatelessRandomLayer(keras.layers.Layer):
+    """Base of leukdx's random image layers: float32 ``[0, 255]`` batches, per-example seeds.
+
+    Subclasses implement :meth:`augment`. Calling the layer with ``training=False`` returns
+    the images unchanged; with ``training=True`` (the default when called directly, as for
+    Keras' preprocessing layers) it augments them with ``seeds`` when given, otherwise with
+    seeds drawn from the layer's ``SeedGenerator``.
+
+    Args:
+        seed: seed of the layer's ``SeedGenerator`` (used only when no seeds are passed).
+    """
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # pixel maths stays float32 under mixed policies
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+        # Like Keras' own random image layers: stateless-per-example loops (map_fn), the
+        # projective-transform and JPEG kernels keep XLA off.
+        self.supports_jit = False
+
+    def call(self, images, training=True, seeds=None):
+        if not training:
+            return images
+        in_dtype = images.dtype
+        images = ops.cast(images, "float32")
+        if seeds is None:
+            seeds = self.draw_seeds(ops.shape(images)[0])
+        out = self.augment(images, seeds)
+        return ops.cast(out, in_dtype)
+
+    def draw_seeds(self, batch_size):
+        """One stateless seed pair per image from the layer's generator (stateful)."""
+        return keras.random.randint(
+            (batch_size, 2), 0, _SEED_MAX, seed=self.seed_generator, dtype="int32"
+        )
+
+    def augment(self, images, seeds):  # pragma: no cover - abstract
+        """Augment float32 ``(B, H, W, 3)`` images in ``[0, 255]`` with ``(B, 2)`` seeds."""
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, inputs, training=True, seeds=None):
+        # Shape and dtype never change; no need to trace the call (RandStainNA may not be
+        # fitted yet when a model is assembled).
+        return keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(seed=self.seed)
+        return config
