@@ -121,17 +121,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --force of evaluate/features: what happens to a results folder of another configuration.
+FORCE_HELP = ("if OUT holds folds of another configuration, keep its ledger as "
+              "folds.<timestamp>.csv and start a new one")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args, validate=True)
     out = Path(args.out or Path("results") / cfg.name)
     if cfg.task == "features":
         from leukdx.features import run_feature_evaluation
 
-        run_feature_evaluation(cfg, out)
+        run_feature_evaluation(cfg, out, force=args.force)
     else:
         from leukdx.evaluation.runner import run_evaluation
 
-        run_evaluation(cfg, out)
+        run_evaluation(cfg, out, force=args.force)
     print(f"results: {out}")
     return 0
 
@@ -153,7 +158,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     cfg = _config(args, validate=True)
     out = Path(args.out or Path("results") / cfg.name)
-    run_feature_evaluation(cfg, out)
+    run_feature_evaluation(cfg, out, force=args.force)
     print(f"results: {out}")
     return 0
 
@@ -246,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="LODO / k-fold / hold-out / external evaluation grid")
     _add_config_args(p)
     p.add_argument("--out", help="results folder (default results/<name>)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="statistical comparison of two results folders")
@@ -261,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="deep features + classic classifiers (Loey model 1)")
     _add_config_args(p)
     p.add_argument("--out", help="results folder (default results/<name>)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("export", help="SavedModel / TFLite / .keras with a model card")
