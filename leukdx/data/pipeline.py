@@ -17,47 +17,70 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from leukdx.config import DataConfig
-from leukdx.data.decode import ASPECTS, load_image
+from leukdx.data.decode import ASPECTS, load_image, load_tiles
 from leukdx.data.dedup import sha256_file
+
+if TYPE_CHECKING:
+    from leukdx.data.stain import StainReference
+    from leukdx.data.tiles import FoldImages
 
 __all__ = ["ImageCache", "dataset_from_records", "make_dataset"]
 
 log = logging.getLogger(__name__)
 
 
+# (sha256, size, aspect, variant): variant is "" for the plain decode, else tags such as
+# "c0.5" (centre crop), "t256s256" (tiles) and "s<reference fingerprint>" (stain) joined by "+".
+_Key = tuple[str, int, str, str]
+_TILES = "tiles"  # the aspect slot of tile keys: a stack of tiles, not one image
+
+
+def _join_tags(*tags: str) -> str:
+    return "+".join(t for t in tags if t)
+
+
 class ImageCache:
-    """Decoded, resized images keyed by (sha256, size, aspect), in memory and optionally on disk.
+    """Decoded, resized images keyed by content and decode settings, in memory and on disk.
 
     One cache serves a whole experiment: every fold, epoch and run asks it for arrays, and
-    only images it has never seen at that size are decoded.
+    only images it has never seen with those settings are decoded. The key is the file's
+    sha256, the size, the aspect and a *variant* naming everything else that changes the
+    pixels: a centre crop (``c<fraction>``), tiling (``t<size>s<stride>``) and a stain
+    normalisation (``s<reference fingerprint>``), so a crop, a tiling or a fold's stain
+    reference never returns another setting's pixels, and each image is normalised once per
+    reference.
 
     Args:
-        disk_dir: folder for ``.npy`` files (``<sha256>_<size>_<aspect>.npy``) that survive the
-            process; ``None`` keeps the cache in memory only.
-        workers: decoding threads (Pillow releases the GIL while decoding); ``None`` uses the
-            CPU count.
+        disk_dir: folder for ``.npy`` files (``<sha256>_<size>_<aspect>[_<variant>].npy``)
+            that survive the process; ``None`` keeps the cache in memory only.
+        workers: decoding and normalising threads (Pillow and NumPy release the GIL);
+            ``None`` uses the CPU count.
         progress: show a progress bar while decoding (only on a terminal).
 
     Attributes:
-        decode_count: images actually decoded from their files (memory and disk hits excluded).
-        disk_hits: images loaded from ``disk_dir``.
+        decode_count: files actually decoded (memory and disk hits excluded); a tiled file
+            counts once.
+        normalize_count: images (or tile stacks) stain-normalised (hits excluded).
+        disk_hits: arrays loaded from ``disk_dir``.
 
     Example:
         >>> cache = ImageCache(disk_dir=".leukdx_cache/images")
         >>> x = cache.get(records, 64, aspect="pad")
+        >>> fold = cache.fold_images(train_records, test_records, cfg.data)
     """
 
     def __init__(
@@ -71,8 +94,9 @@ class ImageCache:
         self.workers = workers or os.cpu_count() or 1
         self.progress = progress
         self.decode_count = 0
+        self.normalize_count = 0
         self.disk_hits = 0
-        self._memory: dict[tuple[str, int, str], np.ndarray] = {}
+        self._memory: dict[_Key, np.ndarray] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -89,12 +113,15 @@ class ImageCache:
         with self._lock:
             self._memory.clear()
 
-    def _disk_path(self, key: tuple[str, int, str]) -> Path:
-        sha, size, aspect = key
-        assert self.disk_dir is not None
-        return self.disk_dir / f"{sha}_{size}_{aspect}.npy"
+    # ------------------------------------------------------------------ storage
 
-    def _load_disk(self, key: tuple[str, int, str]) -> np.ndarray | None:
+    def _disk_path(self, key: _Key) -> Path:
+        sha, size, aspect, variant = key
+        assert self.disk_dir is not None
+        suffix = f"_{variant}" if variant else ""
+        return self.disk_dir / f"{sha}_{size}_{aspect}{suffix}.npy"
+
+    def _load_disk(self, key: _Key) -> np.ndarray | None:
         path = self._disk_path(key)
         if not path.is_file():
             return None
@@ -104,11 +131,12 @@ class ImageCache:
             log.warning("Ignoring damaged image cache file %s (%s)", path, exc)
             return None
         size = key[1]
-        if arr.shape != (size, size, 3) or arr.dtype != np.uint8:
+        ndim = 4 if key[2] == _TILES else 3
+        if arr.ndim != ndim or arr.shape[-3:] != (size, size, 3) or arr.dtype != np.uint8:
             return None
         return arr
 
-    def _save_disk(self, key: tuple[str, int, str], arr: np.ndarray) -> None:
+    def _save_disk(self, key: _Key, arr: np.ndarray) -> None:
         path = self._disk_path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,60 +147,40 @@ class ImageCache:
         except OSError as exc:
             log.warning("Could not write image cache file %s (%s)", path, exc)
 
-    def _decode(self, path: str, key: tuple[str, int, str]) -> np.ndarray:
-        arr = load_image(path, key[1], key[2])
+    def _from_disk(self, missing: dict[_Key, Any]) -> None:
+        """Move the keys found on disk from ``missing`` into memory."""
+        if self.disk_dir is None:
+            return
+        for key in list(missing):
+            arr = self._load_disk(key)
+            if arr is not None:
+                self._memory[key] = arr
+                self.disk_hits += 1
+                del missing[key]
+
+    def _store(self, key: _Key, arr: np.ndarray) -> None:
+        self._memory[key] = arr
+        if self.disk_dir is not None:
+            self._save_disk(key, arr)
+
+    # ------------------------------------------------------------------ decoding
+
+    def _ensure_decoded(self, jobs: dict[_Key, Callable[[], np.ndarray]]) -> None:
+        """Decode (or load from disk) every key of ``jobs`` not yet in memory."""
+        missing = {k: job for k, job in jobs.items() if k not in self._memory}
+        self._from_disk(missing)
+        if missing:
+            self._decode_all(missing)
+
+    def _decode(self, key: _Key, job: Callable[[], np.ndarray]) -> np.ndarray:
+        arr = job()
         with self._lock:
             self.decode_count += 1
         if self.disk_dir is not None:
             self._save_disk(key, arr)
         return arr
 
-    def get(self, records: pd.DataFrame, size: int, aspect: str = "stretch") -> np.ndarray:
-        """Images of ``records`` at ``size`` x ``size``, aligned with its rows.
-
-        Args:
-            records: needs ``path``; ``sha256`` is used as the key (computed from the file when
-                the column is missing).
-            size: side in pixels.
-            aspect: ``stretch`` or ``pad`` (see :func:`leukdx.data.decode.resize_image`).
-
-        Returns:
-            ``(len(records), size, size, 3)`` ``uint8`` array (a new array; the cache keeps
-            its own copies).
-
-        Raises:
-            BadImageError: a file cannot be decoded.
-        """
-        if aspect not in ASPECTS:
-            raise ValueError(f"aspect is {aspect!r}; choose one of {', '.join(ASPECTS)}.")
-        size = int(size)
-        paths = records["path"].astype(str).tolist()
-        if "sha256" in records.columns:
-            hashes = records["sha256"].astype(str).tolist()
-        else:
-            hashes = [sha256_file(p) for p in paths]
-        keys = [(h, size, aspect) for h in hashes]
-
-        missing: dict[tuple[str, int, str], str] = {}
-        for key, path in zip(keys, paths):
-            if key not in self._memory and key not in missing:
-                missing[key] = path
-        if missing and self.disk_dir is not None:
-            for key in list(missing):
-                arr = self._load_disk(key)
-                if arr is not None:
-                    self._memory[key] = arr
-                    self.disk_hits += 1
-                    del missing[key]
-        if missing:
-            self._decode_all(missing)
-
-        out = np.empty((len(keys), size, size, 3), np.uint8)
-        for i, key in enumerate(keys):
-            out[i] = self._memory[key]
-        return out
-
-    def _decode_all(self, missing: dict[tuple[str, int, str], str]) -> None:
+    def _decode_all(self, missing: dict[_Key, Callable[[], np.ndarray]]) -> None:
         from tqdm.auto import tqdm
 
         jobs = list(missing.items())
@@ -186,19 +194,240 @@ class ImageCache:
         )
         try:
             if self.workers == 1 or len(jobs) == 1:
-                for key, path in jobs:
-                    self._memory[key] = self._decode(path, key)
+                for key, job in jobs:
+                    self._memory[key] = self._decode(key, job)
                     bar.update(1)
                 return
             with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
                 # map keeps order and re-raises the first BadImageError here
-                for (key, _), arr in zip(
-                    jobs, pool.map(lambda kp: self._decode(kp[1], kp[0]), jobs)
-                ):
+                for (key, _), arr in zip(jobs, pool.map(lambda kj: self._decode(*kj), jobs)):
                     self._memory[key] = arr
                     bar.update(1)
         finally:
             bar.close()
+
+    def _stain_keys(self, keys: list[_Key], stain: StainReference) -> list[_Key]:
+        """Keys of the normalised arrays; normalises (once) those not cached yet."""
+        tag = f"s{stain.fingerprint[:16]}"
+        out = [(sha, size, aspect, _join_tags(variant, tag)) for sha, size, aspect, variant in keys]
+        missing = {nk: k for k, nk in zip(keys, out) if nk not in self._memory}
+        self._from_disk(missing)
+        if not missing:
+            return out
+        from leukdx.data.stain import normalize_images
+
+        by_shape: dict[tuple[int, ...], list[tuple[_Key, _Key]]] = {}
+        for new_key, base_key in missing.items():
+            by_shape.setdefault(self._memory[base_key].shape, []).append((new_key, base_key))
+        for shape, pairs in by_shape.items():
+            if len(shape) == 3:  # single images: normalise them as one batch
+                batch = np.stack([self._memory[b] for _, b in pairs])
+                for (new_key, _), arr in zip(pairs, normalize_images(batch, stain, workers=self.workers)):
+                    self._store(new_key, arr)
+            else:  # tile stacks: one batch per image
+                for new_key, base_key in pairs:
+                    self._store(new_key, normalize_images(self._memory[base_key], stain,
+                                                          workers=self.workers))
+        self.normalize_count += len(missing)
+        return out
+
+    # ------------------------------------------------------------------ public
+
+    @staticmethod
+    def _hashes(records: pd.DataFrame) -> tuple[list[str], list[str]]:
+        paths = records["path"].astype(str).tolist()
+        if "sha256" in records.columns:
+            return paths, records["sha256"].astype(str).tolist()
+        return paths, [sha256_file(p) for p in paths]
+
+    def get(
+        self,
+        records: pd.DataFrame,
+        size: int,
+        aspect: str = "stretch",
+        *,
+        crop_fraction: float | None = None,
+        crop_sources: Sequence[str] | None = None,
+        stain: StainReference | None = None,
+    ) -> np.ndarray:
+        """Images of ``records`` at ``size`` x ``size``, aligned with its rows.
+
+        Args:
+            records: needs ``path``; ``sha256`` is used as the key (computed from the file when
+                the column is missing); ``source`` when ``crop_sources`` is given.
+            size: side in pixels.
+            aspect: ``stretch`` or ``pad`` (see :func:`leukdx.data.decode.resize_image`).
+            crop_fraction: centre-crop each image to this share of each side before resizing
+                (``data.crop: center``); ``None`` for no crop.
+            crop_sources: crop only images of these sources (``None``: every image).
+            stain: a stain reference fitted on the fold's training images
+                (:func:`leukdx.data.stain.fit_stain_reference`); the images are normalised
+                to it after the resize, once per image and reference.
+
+        Returns:
+            ``(len(records), size, size, 3)`` ``uint8`` array (a new array; the cache keeps
+            its own copies).
+
+        Raises:
+            BadImageError: a file cannot be decoded.
+        """
+        if aspect not in ASPECTS:
+            raise ValueError(f"aspect is {aspect!r}; choose one of {', '.join(ASPECTS)}.")
+        size = int(size)
+        paths, hashes = self._hashes(records)
+        crops: list[float | None] = [crop_fraction] * len(paths)
+        if crop_fraction is not None and crop_sources is not None:
+            wanted = {str(s) for s in crop_sources}
+            crops = [crop_fraction if str(s) in wanted else None for s in records["source"]]
+        keys: list[_Key] = [
+            (h, size, aspect, f"c{c:g}" if c is not None else "") for h, c in zip(hashes, crops)
+        ]
+        jobs: dict[_Key, Callable[[], np.ndarray]] = {}
+        for key, path, crop in zip(keys, paths, crops):
+            if key not in jobs:
+                jobs[key] = functools.partial(load_image, path, size, aspect, crop_fraction=crop)
+        self._ensure_decoded(jobs)
+        if stain is not None:
+            keys = self._stain_keys(keys, stain)
+
+        out = np.empty((len(keys), size, size, 3), np.uint8)
+        for i, key in enumerate(keys):
+            out[i] = self._memory[key]
+        return out
+
+    def get_tiles(
+        self,
+        records: pd.DataFrame,
+        size: int,
+        tile_px: int,
+        stride_px: int | None = None,
+        *,
+        stain: StainReference | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every image of ``records`` cut into tiles (:func:`leukdx.data.decode.load_tiles`).
+
+        Tiles are for test and inference, aggregated back to one prediction per image with
+        :func:`leukdx.data.tiles.aggregate_tile_probs`; a tile does not inherit its image's
+        label (the label rule is in :mod:`leukdx.data.tiles`).
+
+        Args:
+            records: the images to tile (``path``, optionally ``sha256``).
+            size: side of each output tile in pixels.
+            tile_px: tile side in the file's own pixels.
+            stride_px: step between tiles (``None``: ``tile_px``).
+            stain: a training-only stain reference applied to every tile, as in :meth:`get`.
+
+        Returns:
+            ``(tiles, tile_owner)``: ``(T, size, size, 3)`` ``uint8`` tiles of all images in
+            row order, and ``(T,)`` the row position in ``records`` each tile belongs to.
+        """
+        size, tile_px = int(size), int(tile_px)
+        stride_px = tile_px if stride_px is None else int(stride_px)
+        paths, hashes = self._hashes(records)
+        tag = f"t{tile_px}s{stride_px}"
+        keys: list[_Key] = [(h, size, _TILES, tag) for h in hashes]
+        jobs = {
+            key: functools.partial(load_tiles, path, size, tile_px, stride_px)
+            for key, path in zip(keys, paths)
+        }
+        self._ensure_decoded(jobs)
+        if stain is not None:
+            keys = self._stain_keys(keys, stain)
+        stacks = [self._memory[key] for key in keys]
+        if not stacks:
+            return np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64)
+        owner = np.repeat(np.arange(len(stacks)), [len(s) for s in stacks])
+        return np.concatenate(stacks), owner
+
+    def fold_images(
+        self,
+        train_records: pd.DataFrame,
+        test_records: pd.DataFrame,
+        data_config: DataConfig,
+        *,
+        seed: int = 0,
+    ) -> FoldImages:
+        """The arrays of one fold under ``data.crop``, ``data.tile`` and ``data.stain_normalize``.
+
+        1. Training and test images are decoded at ``data.image_size`` / ``data.aspect``,
+           centre-cropped where ``data.crop`` says so.
+        2. With ``data.tile.label_tiles`` (opt-in), training images of ``data.tile.sources``
+           are replaced by their tiles, each with its image's label and group.
+        3. With ``data.stain_normalize``, a reference is fitted on the **training inputs only**
+           (each training source weighted equally) and applied to training and test images
+           and tiles. Test images never influence it.
+        4. Test images of ``data.tile.sources`` are also cut into tiles; the model scores
+           :attr:`FoldImages.test_inputs` and :meth:`FoldImages.test_probabilities` turns
+           that into one probability per test record (``data.tile.aggregate``).
+
+        Args:
+            train_records: the fold's training rows.
+            test_records: the fold's test rows (``label`` is not needed).
+            data_config: the ``data`` settings.
+            seed: seed of the Macenko pixel sample.
+
+        Returns:
+            :class:`~leukdx.data.tiles.FoldImages`.
+
+        Example:
+            >>> fold = cache.fold_images(train_records, test_records, cfg.data)
+            >>> model.fit(fold.train, fold.train_records["label"])
+            >>> probs = fold.test_probabilities(model.predict(fold.test_inputs))
+        """
+        from leukdx.data.records import expand_to_tiles
+        from leukdx.data.stain import fit_stain_reference
+        from leukdx.data.tiles import FoldImages
+
+        d = data_config
+        size, aspect, tile = d.image_size, d.aspect, d.tile
+        crop = {
+            "crop_fraction": d.crop_fraction if d.crop == "center" else None,
+            "crop_sources": d.crop_sources,
+        }
+        tiled_sources = {str(s) for s in tile.sources}
+
+        def training_inputs(stain=None) -> tuple[np.ndarray, pd.DataFrame]:
+            images = self.get(train_records, size, aspect, stain=stain, **crop)
+            if not (tile.label_tiles and tiled_sources):
+                return images, train_records
+            tiled = train_records["source"].astype(str).isin(tiled_sources).to_numpy()
+            if not tiled.any():
+                return images, train_records
+            tiles, owner = self.get_tiles(
+                train_records[tiled], size, tile.size_px, tile.stride_px, stain=stain
+            )
+            rows = pd.concat(
+                [train_records[~tiled], expand_to_tiles(train_records[tiled], owner)],
+                ignore_index=True,
+            )
+            return np.concatenate([images[~tiled], tiles]), rows
+
+        train, train_rows = training_inputs()
+        reference = None
+        if d.stain_normalize != "none":
+            reference = fit_stain_reference(
+                train, d.stain_normalize, sources=train_rows["source"].astype(str), seed=seed
+            )
+            train, train_rows = training_inputs(reference)
+        test = self.get(test_records, size, aspect, stain=reference, **crop)
+        test_tiled = test_records["source"].astype(str).isin(tiled_sources).to_numpy()
+        if test_tiled.any():
+            tiles, local_owner = self.get_tiles(
+                test_records[test_tiled], size, tile.size_px, tile.stride_px, stain=reference
+            )
+            owner = np.flatnonzero(test_tiled)[local_owner]
+        else:
+            tiles, owner = np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64)
+        return FoldImages(
+            train=train,
+            train_records=train_rows,
+            test=test,
+            tiles=tiles,
+            tile_owner=owner,
+            stain_reference=reference,
+            aggregate=tile.aggregate,
+            top_k=tile.top_k,
+        )
 
 
 def make_dataset(

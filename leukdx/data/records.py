@@ -62,8 +62,10 @@ __all__ = [
     "DataError",
     "DataWarning",
     "class_alias_map",
+    "check_source_settings",
     "data_fingerprint",
     "detect_layout",
+    "expand_to_tiles",
     "list_source_files",
     "load_collection",
     "require_two_classes",
@@ -716,10 +718,70 @@ def load_collection(
 
     records = records.sort_values(["source", "path"], kind="stable").reset_index(drop=True)
     records = records[list(COLUMNS)].astype({"label": "int64", "width": "int64", "height": "int64"})
+    check_source_settings(records, data_config)
     log.info("Loaded %d images from %d source(s) in %s", len(records), len(layouts), root_path)
     return Collection(
         records=records, skipped=skipped, layouts=dict(sorted(layouts.items())), root=root_path
     )
+
+
+def check_source_settings(records: pd.DataFrame, data_config: DataConfig) -> None:
+    """Check that ``data.tile.sources`` and ``data.crop_sources`` name loaded sources.
+
+    A misspelt name would silently tile or crop nothing, so it stops loading. A name left out
+    by ``data.sources`` only warns (the subset may be deliberate).
+
+    Args:
+        records: the loaded records (after merging sources).
+        data_config: the ``data`` settings.
+
+    Raises:
+        DataError: a listed source is not in the collection.
+    """
+    loaded = set(records["source"].astype(str))
+    settings = [("data.tile.sources", data_config.tile.sources)]
+    if data_config.crop == "center" and data_config.crop_sources is not None:
+        settings.append(("data.crop_sources", data_config.crop_sources))
+    for key, names in settings:
+        unknown = [str(n) for n in names if str(n) not in loaded]
+        if not unknown:
+            continue
+        message = (
+            f"{key} lists {', '.join(unknown)}, not among the loaded sources "
+            f"({', '.join(sorted(loaded))})."
+        )
+        if data_config.sources is None:
+            raise DataError(message + " Fix the name or remove it.")
+        warnings.warn(message + " They are left out by data.sources.", DataWarning, stacklevel=3)
+
+
+def expand_to_tiles(records: pd.DataFrame, tile_owner: np.ndarray) -> pd.DataFrame:
+    """One row per tile: a copy of the row of the image the tile was cut from.
+
+    Tiles keep their image's ``group`` (so a split never separates tiles of one image) and
+    its ``label``. Giving a tile its image's label is only right when the label describes
+    every part of the image; see :mod:`leukdx.data.tiles` for the label rule and
+    ``data.tile.label_tiles``.
+
+    Args:
+        records: the images that were tiled.
+        tile_owner: ``(T,)`` position in ``records`` of each tile's image.
+
+    Returns:
+        ``T`` rows with the columns of ``records`` plus ``tile`` (the tile's number within its
+        image), index reset.
+
+    Example:
+        >>> tiles, owner = cache.get_tiles(records, 96, 256)
+        >>> expand_to_tiles(records, owner)[["path", "tile", "label"]].head(2)
+    """
+    owner = np.asarray(tile_owner, dtype=np.int64).reshape(-1)
+    if len(owner) and (owner.min() < 0 or owner.max() >= len(records)):
+        raise ValueError(f"tile_owner refers to rows outside the {len(records)} records.")
+    out = records.iloc[owner].reset_index(drop=True)
+    # number tiles 0, 1, ... within each image, in the order they come
+    out["tile"] = pd.Series(owner).groupby(owner).cumcount().to_numpy()
+    return out
 
 
 def _short(path: str) -> str:

@@ -47,6 +47,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,41 +187,44 @@ def _source_weights(n: int, sources: Sequence[str] | None) -> np.ndarray:
 # --------------------------------------------------------------------------- Reinhard
 
 
-def _lab_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image LAB means and standard deviations, ``(N, 3)`` each."""
+def _to_lab(images: np.ndarray) -> np.ndarray:
+    """CIE-LAB of ``uint8`` RGB images in float32 (2-3x faster than skimage's float64 default)."""
     from skimage.color import rgb2lab
 
+    return rgb2lab(images.astype(np.float32) / np.float32(255.0))
+
+
+def _lab_stats(images: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image LAB means and standard deviations, ``(N, 3)`` each (every ``step``-th pixel)."""
     means = np.empty((len(images), 3))
     stds = np.empty((len(images), 3))
     for start in range(0, len(images), _CHUNK):
-        lab = rgb2lab(images[start : start + _CHUNK])
+        lab = _to_lab(images[start : start + _CHUNK, ::step, ::step]).astype(np.float64)
         means[start : start + _CHUNK] = lab.mean(axis=(1, 2))
         stds[start : start + _CHUNK] = lab.std(axis=(1, 2))
     return means, stds
 
 
 def _fit_reinhard(images: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    means, stds = _lab_stats(images)
+    # every second pixel each way: the statistics barely move and the fit is 4x cheaper
+    means, stds = _lab_stats(images, step=2 if min(images.shape[1:3]) >= 64 else 1)
     return {"lab_mean": weights @ means, "lab_std": weights @ stds}
 
 
 def _normalize_reinhard(images: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
-    from skimage.color import lab2rgb, rgb2lab
+    from skimage.color import lab2rgb
 
-    target_mean = np.asarray(values["lab_mean"], np.float64)
-    target_std = np.asarray(values["lab_std"], np.float64)
-    out = np.empty_like(images)
-    for start in range(0, len(images), _CHUNK):
-        lab = rgb2lab(images[start : start + _CHUNK])
-        mean = lab.mean(axis=(1, 2), keepdims=True)
-        std = np.maximum(lab.std(axis=(1, 2), keepdims=True), _STD_FLOOR)
-        lab = (lab - mean) / std * target_std + target_mean
-        with warnings.catch_warnings():
-            # out-of-gamut colours are expected after rescaling; lab2rgb clips them
-            warnings.simplefilter("ignore", UserWarning)
-            rgb = lab2rgb(lab)
-        out[start : start + _CHUNK] = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
-    return out
+    target_mean = np.asarray(values["lab_mean"], np.float32)
+    target_std = np.asarray(values["lab_std"], np.float32)
+    lab = _to_lab(images)
+    mean = lab.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+    std = np.maximum(lab.std(axis=(1, 2), keepdims=True, dtype=np.float64), _STD_FLOOR)
+    lab = (lab - mean) / std.astype(np.float32) * target_std + target_mean
+    with warnings.catch_warnings():
+        # out-of-gamut colours are expected after rescaling; lab2rgb clips them
+        warnings.simplefilter("ignore", UserWarning)
+        rgb = lab2rgb(lab)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- Macenko
@@ -349,12 +353,15 @@ def fit_stain_reference(
     return StainReference(method=method, values=values, n_images=len(images), sources=names)
 
 
-def normalize_images(images: np.ndarray, reference: StainReference | None) -> np.ndarray:
+def normalize_images(
+    images: np.ndarray, reference: StainReference | None, *, workers: int = 1
+) -> np.ndarray:
     """Images with their stain mapped onto ``reference``.
 
     Args:
         images: ``(N, H, W, 3)`` (or one ``(H, W, 3)``) ``uint8`` RGB images.
         reference: from :func:`fit_stain_reference`; ``None`` returns the images unchanged.
+        workers: threads working on chunks of images at once (NumPy releases the GIL).
 
     Returns:
         A new ``uint8`` array of the input's shape.
@@ -368,13 +375,15 @@ def normalize_images(images: np.ndarray, reference: StainReference | None) -> np
     arr = _check_images(images, "Images to normalise")
     if len(arr) == 0:
         return arr.copy()
-    if reference.method == "reinhard":
-        out = _normalize_reinhard(arr, reference.values)
-    elif reference.method == "macenko":
-        out = _normalize_macenko(arr, reference.values)
+    _check_method(reference.method, allow_none=False)
+    work = _normalize_reinhard if reference.method == "reinhard" else _normalize_macenko
+    chunks = [arr[i : i + _CHUNK] for i in range(0, len(arr), _CHUNK)]
+    if workers <= 1 or len(chunks) == 1:
+        parts = [work(chunk, reference.values) for chunk in chunks]
     else:
-        _check_method(reference.method, allow_none=False)
-        raise AssertionError("unreachable")
+        with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+            parts = list(pool.map(lambda chunk: work(chunk, reference.values), chunks))
+    out = np.concatenate(parts)
     return out[0] if single else out
 
 
@@ -406,4 +415,8 @@ def normalize_fold(
     if method == "none":
         return np.array(train_images, copy=True), np.array(test_images, copy=True), None
     reference = fit_stain_reference(train_images, method, sources=train_sources, seed=seed)
-    return normalize_images(train_images, reference), normalize_images(test_images, reference), reference
+    return (
+        normalize_images(train_images, reference),
+        normalize_images(test_images, reference),
+        reference,
+    )
