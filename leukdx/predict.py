@@ -62,6 +62,7 @@ __all__ = [
     "Predictor",
     "UnsafeModelError",
     "collect_image_paths",
+    "default_output_path",
     "find_saved_model",
     "load_keras_model",
     "load_predictor",
@@ -378,6 +379,31 @@ def _batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
 
 
 # --------------------------------------------------------------------------- prediction
+
+DEFAULT_OUTPUT = "predictions.csv"
+
+
+def default_output_path(folder: str | os.PathLike = ".") -> Path:
+    """Where ``leukdx predict`` writes without ``--out``: ``predictions.csv`` in ``folder``,
+    or ``predictions_2.csv``, ``predictions_3.csv``... when it exists, so that an earlier
+    result is never overwritten silently.
+
+    Args:
+        folder: the folder to write in (default the current one).
+
+    Returns:
+        The first of those paths that does not exist yet.
+
+    Example:
+        >>> default_output_path("/nonexistent").name
+        'predictions.csv'
+    """
+    first = Path(folder) / DEFAULT_OUTPUT
+    candidate, n = first, 1
+    while candidate.exists():
+        n += 1
+        candidate = first.with_name(f"{first.stem}_{n}{first.suffix}")
+    return candidate
 
 
 @dataclass

@@ -263,16 +263,19 @@ def _fit_macenko(
     for i, (img, count) in enumerate(zip(images, per_image)):
         whites[i] = _white_point(img)
         flat = _to_standard_white(img).reshape(-1, 3)
-        stained = flat[_stained_mask(flat)]
-        if len(stained) == 0:
-            continue
-        samples.append(stained[rng.integers(0, len(stained), int(count))])
-    if not samples or sum(len(s) for s in samples) < _MACENKO_MIN_STAINED:
+        # all pixels, background included, as torchstain's own fit on one image uses them
+        # (the stain vectors come from the stained ones, the 99th-percentile concentrations
+        # from all); a random subset when the image has more than its share
+        if count < len(flat):
+            flat = flat[rng.choice(len(flat), int(count), replace=False)]
+        samples.append(flat)
+    pixels = np.concatenate(samples)
+    if int(_stained_mask(pixels).sum()) < _MACENKO_MIN_STAINED:
         raise ValueError(
             "Cannot fit a Macenko stain reference: the training images have almost no stained "
             "pixels (all background). Use data.stain_normalize: reinhard or none."
         )
-    pixels = np.concatenate(samples)[:, None, :]
+    pixels = pixels[:, None, :]
     normalizer = NumpyMacenkoNormalizer()
     normalizer.fit(pixels, Io=_MACENKO_IO, alpha=_MACENKO_ALPHA, beta=_MACENKO_BETA)
     return {

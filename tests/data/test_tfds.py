@@ -168,6 +168,15 @@ def test_collection_builder_writes_one_split_per_source(tmp_path):
         reread.as_dataset(split="source_2", as_supervised=True, batch_size=6))))
     assert images.shape[1:] == (32, 32, 3) and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
 
+    # what `leukdx data tfds` prints: the folder and a line of Python that loads it
+    folder, splits, load = leukdx_tfds.describe_tfds_dataset(builder).splitlines()
+    dataset_dir = (tmp_path / "tfds" / "leukdx_collection" / "demo" / "1.0.0").absolute()
+    assert folder == f"TFDS dataset written to {dataset_dir}"
+    assert splits == "splits: source_1 (6 images), source_2 (6 images)"
+    assert load == f'load it with: tfds.builder_from_directory("{dataset_dir}")'
+    code = load.removeprefix("load it with: ")
+    assert eval(code, {"tfds": tfds}).info.splits["source_1"].num_examples == 6
+
 
 def test_missing_manual_folder_error_says_where_to_get_the_data(tmp_path):
     with pytest.raises(Exception, match="scotti.di.unimi.it"):

@@ -21,6 +21,7 @@ Every dataset has the features ``image`` (uint8 ``(H, W, 3)``), ``label``
 from leukdx.data.tfds.collection import (
     LeukdxCollection,
     build_tfds_collection,
+    describe_tfds_dataset,
     load_tfds_collection,
 )
 from leukdx.data.tfds.core import LABEL_NAMES, LeukdxBuilder, encode_image, features
@@ -43,6 +44,7 @@ __all__ = [
     "LeukdxCollection",
     "LeukdxPbc",
     "build_tfds_collection",
+    "describe_tfds_dataset",
     "encode_image",
     "features",
     "load_tfds_collection",

@@ -23,7 +23,12 @@ import tensorflow_datasets as tfds
 from leukdx.config import DataConfig
 from leukdx.data.tfds.core import LeukdxBuilder, load_records, split_name
 
-__all__ = ["LeukdxCollection", "build_tfds_collection", "load_tfds_collection"]
+__all__ = [
+    "LeukdxCollection",
+    "build_tfds_collection",
+    "describe_tfds_dataset",
+    "load_tfds_collection",
+]
 
 
 class LeukdxCollection(LeukdxBuilder):
@@ -95,6 +100,35 @@ def build_tfds_collection(
         download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root))
     )
     return builder
+
+
+def describe_tfds_dataset(builder: tfds.core.DatasetBuilder) -> str:
+    """Where a prepared dataset lies, its splits, and the one line of Python that loads it.
+
+    Args:
+        builder: a prepared builder (e.g. from :func:`build_tfds_collection`).
+
+    Returns:
+        Three lines for a person: the dataset folder, the splits with their sizes, and a
+        ``tfds.builder_from_directory(...)`` line that needs neither leukdx nor the
+        collection.
+
+    Example:
+        >>> print(describe_tfds_dataset(builder))                        # doctest: +SKIP
+        TFDS dataset written to /data/tfds/leukdx_collection/demo/1.0.0
+        splits: source_1 (6 images), source_2 (6 images)
+        load it with: tfds.builder_from_directory("/data/tfds/leukdx_collection/demo/1.0.0")
+    """
+    folder = Path(os.fspath(builder.data_dir)).absolute()
+    splits = ", ".join(
+        f"{name} ({split.num_examples} images)"
+        for name, split in sorted(builder.info.splits.items())
+    )
+    return (
+        f"TFDS dataset written to {folder}\n"
+        f"splits: {splits}\n"
+        f'load it with: tfds.builder_from_directory("{folder}")'
+    )
 
 
 def load_tfds_collection(dataset_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
