@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,10 @@ __all__ = [
     "explain_paths",
     "find_last_conv_layer",
     "grad_cam",
+    "gradcam_figure",
+    "label_from_path",
     "overlay_heatmap",
+    "parse_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -319,6 +323,149 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) 
     return np.clip(blended, 0, 255).round().astype(np.uint8)
 
 
+# --------------------------------------------------------------------------- figures
+
+# Below this many cells on a side the heat-map is a coarse grid, and the figure says so.
+MIN_MAP_SIDE = 4
+# How ``--class`` names the explained class: a label, or None for each image's prediction.
+TARGETS: dict[str, int | None] = {"leukaemia": 1, "leukemia": 1, "healthy": 0, "predicted": None}
+
+
+def parse_target(name: str | int | None) -> int | None:
+    """The class to explain from its name (``leukaemia``, ``healthy`` or ``predicted``).
+
+    Args:
+        name: a name of :data:`TARGETS`, a label 0/1, or ``None`` (predicted).
+
+    Returns:
+        1, 0, or ``None`` for each image's predicted class.
+
+    Raises:
+        ValueError: an unknown name; the message lists the valid ones.
+    """
+    if name is None or name in (0, 1):
+        return name
+    key = str(name).strip().lower()
+    if key not in TARGETS:
+        raise ValueError(
+            f"Unknown class to explain '{name}'; choose leukaemia, healthy or predicted."
+        )
+    return TARGETS[key]
+
+
+def label_from_path(path: str | os.PathLike, aliases: dict[str, int] | None = None) -> int | None:
+    """The true label an image's path states, when it states one.
+
+    Read from the nearest parent folder named like a class (``healthy/``, ``leukemia/``, or a
+    ``data.class_aliases`` name), else from an ALL-IDB file name ending in ``_0``/``_1``.
+
+    Args:
+        path: the image file.
+        aliases: lower-case folder name → label (:func:`leukdx.data.records.class_alias_map`);
+            default the names of the default ``data`` settings.
+
+    Returns:
+        0 (healthy), 1 (leukaemia) or ``None`` when the path does not tell.
+    """
+    from leukdx.config import DataConfig
+    from leukdx.data.records import class_alias_map
+
+    if aliases is None:
+        aliases = class_alias_map(DataConfig())
+    path = Path(path)
+    for folder in path.parents:
+        name = folder.name.strip().lower()
+        if name and not name.isdigit() and name in aliases:
+            return int(aliases[name])
+    match = re.match(r"^.+_([01])$", path.stem)
+    return int(match.group(1)) if match else None
+
+
+def gradcam_figure(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    probability: float,
+    explained_class: int,
+    true_label: int | None = None,
+    name: str = "",
+    layer: str = "",
+    map_shape: tuple[int, int] | None = None,
+    input_size: int | None = None,
+    threshold: float = 0.5,
+    alpha: float = 0.4,
+):
+    """The original image beside its Grad-CAM overlay, with a colour bar and the prediction.
+
+    Laid out like keras.io's Grad-CAM example (jet colours blended over the image at
+    ``alpha``). The title gives P(leukaemia), the predicted class and, when known, the true
+    one; the overlay's title names the explained class and the layer. When the layer's map
+    has fewer than :data:`MIN_MAP_SIDE` cells on a side (e.g. 2 x 2 at 32 px) a note under
+    the panels says that the map is too coarse to localise anything.
+
+    Args:
+        image: ``(H, W, 3)`` ``uint8`` image as shown.
+        heatmap: ``(h, w)`` values in [0, 1] covering ``image``.
+        probability: the model's P(leukaemia) for the image.
+        explained_class: 1 leukaemia or 0 healthy: whose evidence the map shows.
+        true_label: 0/1 when known.
+        name: the image's name, for the title.
+        layer: the convolutional layer explained.
+        map_shape: the layer's full map size ``(h, w)``; default ``heatmap.shape``.
+        input_size: the model's input side in pixels, for the coarse-map note.
+        threshold: probability at or above which the prediction is leukaemia.
+        alpha: weight of the colour map in the blend.
+
+    Returns:
+        A Matplotlib figure with two image panels and a colour bar.
+
+    Example:
+        >>> fig = gradcam_figure(image, maps[0], probability=0.83, explained_class=1,
+        ...                      true_label=1, name="cell.png", layer="conv5")  # doctest: +SKIP
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    image = np.asarray(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    panel = 4.0
+    fig = Figure(figsize=(2 * panel + 1.2, panel * height / width + 1.3), dpi=120,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    left.imshow(image)
+    left.set_title("original")
+    right.imshow(overlay_heatmap(image, heatmap, alpha))
+    right.set_title(f"Grad-CAM: evidence for {CLASS_NAMES[explained_class]}"
+                    + (f"\nlayer {layer}" if layer else ""), fontsize=9)
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    colourbar = fig.colorbar(
+        ScalarMappable(norm=Normalize(0.0, 1.0), cmap=colormaps["jet"]), ax=right,
+        fraction=0.046, pad=0.02,
+    )
+    colourbar.set_label("relative importance (1 = strongest)")
+    predicted = CLASS_NAMES[int(probability >= threshold)]
+    title = f"{name}: " if name else ""
+    title += f"P(leukaemia) = {probability:.3f} → predicted {predicted}"
+    if true_label is not None:
+        title += f"; true: {CLASS_NAMES[int(true_label)]}"
+    fig.suptitle(title, fontsize=10)
+    h, w = map_shape or tuple(np.asarray(heatmap).shape[:2])
+    if min(h, w) < MIN_MAP_SIDE:
+        at = f" at {input_size} px input" if input_size else ""
+        fig.supxlabel(
+            f"Note: layer {layer or 'explained'} has only a {h} × {w} map{at}, so the heat-map "
+            "is a coarse grid, not a localisation; train at a larger data.image_size for "
+            "finer maps.", fontsize=8, color="darkred",
+        )
+    return fig
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -357,14 +504,16 @@ def explain_paths(
     out: str | os.PathLike,
     *,
     layer_name: str | None = None,
-    target: int | None = None,
+    target: int | str | None = None,
+    labels: Mapping[str, int] | None = None,
     batch_size: int = 8,
     alpha: float = 0.4,
 ) -> list[Path]:
-    """Write a Grad-CAM overlay PNG per image, plus ``gradcam.csv`` listing them.
+    """Write a Grad-CAM figure PNG per image, plus ``gradcam.csv`` listing them.
 
-    Each PNG is the original image (longest side at most 768 px) with the heat-map of the
-    explained class blended over it in the jet colour map (red = strongest support).
+    Each PNG (:func:`gradcam_figure`) shows the original image (longest side at most 768 px)
+    beside the heat-map of the explained class blended over it in the jet colour map (red =
+    strongest support), a colour bar, and P(leukaemia) with the true label when known.
 
     Args:
         model: a run folder, ``.keras`` file or Keras model (a SavedModel has no layers to
@@ -372,19 +521,31 @@ def explain_paths(
         images: image files and/or folders (searched recursively).
         out: output folder (created).
         layer_name: convolutional layer; default the backbone's ``last_conv_layer``.
-        target: 1 leukaemia, 0 healthy, ``None`` the predicted class of each image.
+        target: ``"leukaemia"``/1, ``"healthy"``/0, or ``"predicted"``/``None`` for the
+            predicted class of each image.
+        labels: true label per image path (``str(path)``); without an entry the label is read
+            from the path (:func:`label_from_path`), else shown as unknown.
         batch_size: images per Grad-CAM pass.
         alpha: weight of the colour map in the blend.
 
     Returns:
         The PNG paths, in the order of the images (unreadable files are skipped and logged).
+
+    Example:
+        >>> explain_paths("runs/demo", ["smears/"], "gradcam", target="leukaemia")  # doctest: +SKIP
     """
     import keras
 
+    from leukdx.data.records import class_alias_map
+    from leukdx.io import atomic_write_csv
+    from leukdx.plots import save_figure
+
+    target = parse_target(target)
     loaded: LoadedModel = load_keras_model(model)
     backbone = loaded.config.model.backbone if loaded.config is not None else None
     layer_name = layer_name or find_last_conv_layer(loaded.model, backbone)
     size, aspect = loaded.image_size, loaded.aspect
+    aliases = class_alias_map(loaded.config.data) if loaded.config is not None else None
     files = collect_image_paths(images)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -413,20 +574,31 @@ def explain_paths(
         for path, heatmap, probability in zip(kept, heatmaps, probabilities):
             original, field = _display_image(read_image(path), heatmap, aspect, size)
             target_used = int(probability >= 0.5) if target is None else int(target)
+            true_label = (labels or {}).get(str(path))
+            if true_label is None:
+                true_label = label_from_path(path, aliases)
             png = out_dir / _unique_name(path, used)
-            Image.fromarray(overlay_heatmap(original, field, alpha)).save(png)
-            written.append(png)
+            figure = gradcam_figure(
+                original, field, probability=float(probability), explained_class=target_used,
+                true_label=true_label, name=path.name, layer=layer_name,
+                map_shape=heatmap.shape, input_size=size, threshold=loaded.threshold,
+                alpha=alpha,
+            )
+            written.append(save_figure(figure, png))
             rows.append(
                 {
                     "path": str(path),
                     "probability": float(probability),
                     "label": int(probability >= loaded.threshold),
+                    "true_label": true_label,
                     "explained_class": CLASS_NAMES[target_used],
                     "layer": layer_name,
+                    "map_shape": "x".join(str(n) for n in heatmap.shape),
                     "png": png.name,
                 }
             )
-    pd.DataFrame(
-        rows, columns=["path", "probability", "label", "explained_class", "layer", "png"]
-    ).to_csv(out_dir / EXPLANATIONS_CSV, index=False)
+    columns = ["path", "probability", "label", "true_label", "explained_class", "layer",
+               "map_shape", "png"]
+    atomic_write_csv(out_dir / EXPLANATIONS_CSV,
+                     pd.DataFrame(rows, columns=columns).astype({"true_label": "Int64"}))
     return written

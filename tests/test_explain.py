@@ -148,7 +148,50 @@ def test_overlay_heatmap_blends_jet_colours():
     np.testing.assert_allclose(half, (image.astype(float) + hot) / 2, atol=1)
 
 
-def test_explain_paths_writes_overlays(tmp_path):
+def test_gradcam_figure_shows_original_overlay_colourbar_and_prediction():
+    from leukdx.explain import gradcam_figure, overlay_heatmap
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    heatmap = np.linspace(0, 1, 49, dtype=np.float32).reshape(7, 7)
+    fig = gradcam_figure(image, heatmap, probability=0.83, explained_class=1, true_label=0,
+                         name="cell.png", layer="conv5", input_size=224)
+    panels = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    original, overlay = panels
+    assert original.get_title() == "original"
+    np.testing.assert_array_equal(original.images[0].get_array(), image)
+    np.testing.assert_array_equal(overlay.images[0].get_array(),
+                                  overlay_heatmap(image, heatmap, 0.4))
+    assert overlay.get_title() == "Grad-CAM: evidence for leukaemia\nlayer conv5"
+    colourbars = [ax for ax in fig.axes if ax not in panels]
+    assert len(colourbars) == 1 and colourbars[0].get_ylim() == (0.0, 1.0)
+    assert fig.get_suptitle() == (
+        "cell.png: P(leukaemia) = 0.830 → predicted leukaemia; true: healthy")
+    assert fig.get_supxlabel() == ""  # a 7 x 7 map needs no warning
+
+    tiny = gradcam_figure(image, heatmap[:2, :2], probability=0.2, explained_class=0,
+                          layer="conv5", input_size=32)
+    assert tiny.get_suptitle() == "P(leukaemia) = 0.200 → predicted healthy"  # label unknown
+    assert "only a 2 × 2 map at 32 px input" in tiny.get_supxlabel()
+    assert "data.image_size" in tiny.get_supxlabel()
+
+
+def test_parse_target_and_label_from_path(tmp_path):
+    from leukdx.explain import label_from_path, parse_target
+
+    assert [parse_target(n) for n in ("leukaemia", "Leukemia", "healthy", "predicted", None, 1)] \
+        == [1, 1, 0, None, None, 1]
+    with pytest.raises(ValueError, match="choose leukaemia, healthy or predicted"):
+        parse_target("blast")
+    assert label_from_path(tmp_path / "all_idb2" / "leukemia" / "x" / "a.png") == 1
+    assert label_from_path(tmp_path / "bccd" / "healthy" / "a.png") == 0
+    assert label_from_path(tmp_path / "smears" / "Im001_1.tif") == 1  # ALL-IDB file name
+    assert label_from_path(tmp_path / "smears" / "Im101_0.jpg") == 0
+    assert label_from_path(tmp_path / "1" / "smear.png") is None  # a bare number is no class
+    assert label_from_path(tmp_path / "smears" / "cell.png") is None
+    assert label_from_path(tmp_path / "blasts" / "a.png", {"blasts": 1}) == 1
+
+
+def test_explain_paths_writes_figures(tmp_path):
     import keras
 
     from leukdx.explain import EXPLANATIONS_CSV, explain_paths
@@ -167,24 +210,29 @@ def test_explain_paths_writes_overlays(tmp_path):
 
     images = tmp_path / "images"
     (images / "a").mkdir(parents=True)
-    (images / "b").mkdir()
+    (images / "leukemia").mkdir()
     Image.fromarray(structured_image(90, 4).astype(np.uint8)).save(images / "a" / "cell.png")
     wide = np.asarray(Image.fromarray(structured_image(200, 5).astype(np.uint8)).resize((1000, 600)))
-    Image.fromarray(wide).save(images / "b" / "cell.jpg")  # same stem, other folder
-    (images / "b" / "bad.png").write_bytes(b"not an image")
+    Image.fromarray(wide).save(images / "leukemia" / "cell.jpg")  # same stem, other folder
+    (images / "leukemia" / "bad.png").write_bytes(b"not an image")
 
     out = tmp_path / "gradcam"
-    pngs = explain_paths(run, [images], out)
+    pngs = explain_paths(run, [images], out, target="healthy")
 
     assert [p.name for p in pngs] == ["cell_gradcam.png", "cell_2_gradcam.png"]
-    small, large = (np.asarray(Image.open(p)) for p in pngs)
-    assert small.shape == (90, 90, 3)
-    assert large.shape == (461, 768, 3)  # longest side reduced to 768, aspect kept
-    original = np.asarray(Image.open(images / "a" / "cell.png"))
-    assert np.abs(small.astype(int) - original).mean() > 5  # the colour map is visible
+    for png in pngs:
+        with Image.open(png) as im:
+            assert im.format == "PNG"
+            width, height = im.size
+        assert width > 1.5 * height  # two panels side by side
     table = pd.read_csv(out / EXPLANATIONS_CSV)
     assert table["png"].tolist() == [p.name for p in pngs]
     assert [Path(p).name for p in table["path"]] == ["cell.png", "cell.jpg"]
     assert set(table["layer"]) == {"conv5"}
-    assert table["explained_class"].isin(["healthy", "leukaemia"]).all()
+    assert set(table["map_shape"]) == {"3x3"}
+    assert table["explained_class"].tolist() == ["healthy", "healthy"]
+    assert table["true_label"].isna().tolist() == [True, False]  # read from leukemia/
+    assert table["true_label"].iloc[1] == 1
     assert ((table["probability"] >= 0) & (table["probability"] <= 1)).all()
+    with pytest.raises(ValueError, match="choose leukaemia"):
+        explain_paths(run, [images], out, target="blast")
