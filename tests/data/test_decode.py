@@ -15,9 +15,11 @@ from leukdx.data.decode import (
     is_image_file,
     load_image,
     load_preview,
+    load_tiles,
     read_image,
     resize_image,
 )
+from leukdx.data.tiles import center_crop, tile_image
 
 # ----------------------------------------------------------------------------- modes
 
@@ -229,6 +231,56 @@ def test_load_image_of_small_png_equals_resize_of_read(tmp_path):
     np.testing.assert_array_equal(
         load_image(path, 20, "pad"), resize_image(read_image(path), 20, "pad")
     )
+
+
+def _big_gradient_jpeg(path: Path) -> Path:
+    """A smooth 1600x1200 JPEG whose colour tells the position (x in red, y in green)."""
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    img = np.stack([xx * 255 // 1599, yy * 255 // 1199, (xx // 8 + yy // 8) % 64 + 96], -1)
+    Image.fromarray(img.astype(np.uint8)).save(path, quality=95)
+    return path
+
+
+def test_centre_crop_of_small_png_equals_resize_of_the_cropped_read(tmp_path):
+    path = tmp_path / "img.png"
+    Image.fromarray(_gradient(30, 50)).save(path)
+    for aspect in ("stretch", "pad"):
+        np.testing.assert_array_equal(
+            load_image(path, 16, aspect, crop_fraction=0.5),
+            resize_image(center_crop(read_image(path), 0.5), 16, aspect),
+        )
+
+
+def test_centre_crop_of_big_jpeg_decodes_at_reduced_scale_like_the_full_decode(tmp_path):
+    path = _big_gradient_jpeg(tmp_path / "big.jpg")
+    fast = load_image(path, 64, crop_fraction=0.25)
+    reference = resize_image(center_crop(read_image(path), 0.25), 64)
+    assert np.abs(fast.astype(int) - reference.astype(int)).mean() < 3
+    whole = load_image(path, 64)
+    assert np.abs(fast.astype(int) - whole.astype(int)).mean() > 20  # really a crop
+
+
+def test_tiles_of_small_png_equal_resized_tiles_of_the_read(tmp_path):
+    path = tmp_path / "img.png"
+    Image.fromarray(_gradient(60, 90)).save(path)
+    tiles = load_tiles(path, 16, 40, 25)
+    expected = np.stack([resize_image(t, 16) for t in tile_image(read_image(path), 40, 25)])
+    np.testing.assert_array_equal(tiles, expected)
+
+
+def test_tiles_of_big_jpeg_decode_at_reduced_scale_like_the_full_decode(tmp_path):
+    path = _big_gradient_jpeg(tmp_path / "big.jpg")
+    tiles = load_tiles(path, 32, 400)  # 4 x 3 tiles of 400 px; draft decodes at 1/8
+    expected = np.stack([resize_image(t, 32) for t in tile_image(read_image(path), 400)])
+    assert tiles.shape == (12, 32, 32, 3)
+    assert np.abs(tiles.astype(int) - expected.astype(int)).mean(axis=(1, 2, 3)).max() < 3
+
+
+def test_tiles_of_a_bad_file_name_it(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(BadImageError, match="empty.jpg"):
+        load_tiles(path, 16, 8)
 
 
 def test_load_preview_reports_original_size_and_format(tmp_path):
