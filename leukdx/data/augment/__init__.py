@@ -64,8 +64,9 @@ Presets (``build_augmentation(preset, image_size, seed, strength)``):
     No augmentation (``build_augmentation`` returns ``None``).
 
 ``strength`` (``augment.strength``) scales every magnitude of ``stain``, ``leuknet_stain``,
-``generalise`` and ``randstainna`` (``0`` turns them into the identity, ``2`` doubles them);
-the paper presets ``leuknet`` and ``loey`` ignore it.
+``generalise`` and ``randstainna`` (``2`` doubles them; ``0`` makes ``stain`` the identity and
+leaves only the exact flips and quarter turns of ``generalise`` and ``randstainna``); the paper
+presets ``leuknet`` and ``loey`` ignore it.
 
 Example:
     >>> import numpy as np
@@ -96,6 +97,8 @@ from leukdx.data.augment.colour import (
     RandomHEDJitter,
     RandomJPEGQuality,
     RandStainNA,
+    gaussian_blur,
+    hed_jitter,
     hed_to_rgb,
     lab_statistics,
     lab_to_rgb,
@@ -139,6 +142,8 @@ __all__ = [
     "build_augmentation",
     "example_seeds",
     "fit_augmentation",
+    "gaussian_blur",
+    "hed_jitter",
     "hed_to_rgb",
     "idg_affine_matrices",
     "lab_statistics",

@@ -36,6 +36,8 @@ __all__ = [
     "RandomGrayscale",
     "RandomHEDJitter",
     "RandomJPEGQuality",
+    "gaussian_blur",
+    "hed_jitter",
     "hed_to_rgb",
     "lab_statistics",
     "lab_to_rgb",
@@ -85,6 +87,25 @@ def hed_to_rgb(stains):
     """Inverse of :func:`rgb_to_hed`: float RGB in ``[0, 255]``."""
     od = _matmul_channels(stains, RGB_FROM_HED)
     return tf.clip_by_value(255.0 * tf.exp(-od), 0.0, 255.0)
+
+
+def hed_jitter(images, alpha, beta):
+    """Scale and shift each stain's optical density: the map of :class:`RandomHEDJitter`.
+
+    Args:
+        images: float RGB ``(B, H, W, 3)`` in ``[0, 255]``.
+        alpha: ``(B, 3)`` factors of the H, E and D optical densities.
+        beta: ``(B, 3)`` shifts of the H, E and D optical densities (natural log).
+
+    Returns:
+        float32 RGB ``(B, H, W, 3)`` in ``[0, 255]``.
+
+    Example:
+        >>> darker_nuclei = hed_jitter(images, [[1.2, 1.0, 1.0]], [[0.0, 0.0, 0.0]])
+    """
+    alpha = tf.cast(alpha, tf.float32)
+    beta = tf.cast(beta, tf.float32)
+    return hed_to_rgb(rgb_to_hed(images) * _per_image(alpha) + _per_image(beta))
 
 
 def rgb_to_lab(images):
@@ -193,8 +214,8 @@ class RandomHEDJitter(_ProbabilityLayer):
         u = random_uniform(seeds, 7)
         alpha = 1.0 + _symmetric(u[:, 0:3], self.scale)
         beta = _symmetric(u[:, 3:6], self.bias)
-        stains = rgb_to_hed(images) * _per_image(alpha) + _per_image(beta)
-        return _keep_unchosen(_chosen(u[:, 6], self.probability), hed_to_rgb(stains), images)
+        out = hed_jitter(images, alpha, beta)
+        return _keep_unchosen(_chosen(u[:, 6], self.probability), out, images)
 
     def get_config(self):
         config = super().get_config()

@@ -130,11 +130,13 @@ def idg_affine_matrices(
 ):
     """Per-image maps of ``ImageDataGenerator.apply_transform``, in ``affine_transform`` format.
 
-    The parameters have the generator's names and units (``transform_parameters``): ``theta``
-    and ``shear`` in degrees, ``tx`` the shift along the rows (vertical) and ``ty`` along the
-    columns in pixels, ``zx`` / ``zy`` the row / column zoom (above 1 zooms out), and
+    The parameters have the generator's names and units (its ``transform_parameters``):
+    ``theta`` and ``shear`` in degrees, ``tx`` / ``ty`` the shift along x (columns) / y (rows)
+    in pixels, ``zx`` / ``zy`` the column / row zoom (above 1 zooms out), and
     ``flip_horizontal`` / ``flip_vertical`` applied after the affine map. Every argument is a
-    ``(B,)`` tensor or ``None`` (identity for that part).
+    ``(B,)`` tensor or ``None`` (identity for that part). For square images the result equals
+    Keras 2's generator (tf_keras); for non-square ones this map turns about the true centre,
+    whereas the generator takes both centre coordinates from the height.
 
     Args:
         height, width: image size in pixels.
@@ -155,28 +157,25 @@ def idg_affine_matrices(
 
     t = value(theta, zeros) * (math.pi / 180.0)
     s = value(shear, zeros) * (math.pi / 180.0)
-    zr, zc = value(zx, ones), value(zy, ones)
-    sr, sc = value(tx, zeros), value(ty, zeros)
-    fr = ones if flip_vertical is None else ops.where(flip_vertical, -1.0, 1.0)
-    fc = ones if flip_horizontal is None else ops.where(flip_horizontal, -1.0, 1.0)
+    zoom_x, zoom_y = value(zx, ones), value(zy, ones)
+    shift_x, shift_y = value(tx, zeros), value(ty, zeros)
+    fx = ones if flip_horizontal is None else ops.where(flip_horizontal, -1.0, 1.0)
+    fy = ones if flip_vertical is None else ops.where(flip_vertical, -1.0, 1.0)
 
-    # In (row, col) coordinates centred on the image, ImageDataGenerator samples the input at
-    # q = R·Sh·Z·F·p + R·t for output point p, with R = [[cos, -sin], [sin, cos]],
+    # In (x, y) = (col, row) coordinates centred on the image the generator samples the input
+    # at q = R·Sh·Z·F·p + R·t for output point p, with R = [[cos, -sin], [sin, cos]],
     # Sh = [[1, -sin s], [0, cos s]], Z = diag(zx, zy), t = (tx, ty), F the output flips.
     # R·Sh = [[cos t, -sin(t + s)], [sin t, cos(t + s)]]; written out elementwise.
     cos_t, sin_t = ops.cos(t), ops.sin(t)
     cos_ts, sin_ts = ops.cos(t + s), ops.sin(t + s)
-    m00, m01 = cos_t * zr * fr, -sin_ts * zc * fc
-    m10, m11 = sin_t * zr * fr, cos_ts * zc * fc
-    off_r = cos_t * sr - sin_t * sc
-    off_c = sin_t * sr + cos_t * sc
-    cr = (ops.cast(height, "float32") - 1.0) / 2.0
-    cc = (ops.cast(width, "float32") - 1.0) / 2.0
-    # affine_transform works in (x, y) = (col, row): x_in = a0 x + a1 y + a2, y_in = b0 x + ...
-    a0, a1 = m11, m10
-    a2 = cc - m11 * cc - m10 * cr + off_c
-    b0, b1 = m01, m00
-    b2 = cr - m01 * cc - m00 * cr + off_r
+    a0, a1 = cos_t * zoom_x * fx, -sin_ts * zoom_y * fy
+    b0, b1 = sin_t * zoom_x * fx, cos_ts * zoom_y * fy
+    off_x = cos_t * shift_x - sin_t * shift_y
+    off_y = sin_t * shift_x + cos_t * shift_y
+    cx = (ops.cast(width, "float32") - 1.0) / 2.0
+    cy = (ops.cast(height, "float32") - 1.0) / 2.0
+    a2 = cx - a0 * cx - a1 * cy + off_x
+    b2 = cy - b0 * cx - b1 * cy + off_y
     return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
@@ -216,12 +215,12 @@ def affine_matrices(
     return idg_affine_matrices(
         height,
         width,
-        theta=neg(rotation_deg),  # the generator's positive angle turns clockwise on screen
-        tx=neg(shift_y),
-        ty=neg(shift_x),
+        theta=rotation_deg,  # the generator's positive angle turns counter-clockwise on screen
+        tx=neg(shift_x),  # the output samples the input at p + t: content moves by -t
+        ty=neg(shift_y),
         shear=shear_deg,
-        zx=zoom_y,
-        zy=zoom_x,
+        zx=zoom_x,
+        zy=zoom_y,
         flip_horizontal=flip_x,
         flip_vertical=flip_y,
         batch_size=batch_size,
@@ -282,9 +281,11 @@ class RandomAffine(_AffineLayer):
 
     Draws the generator's parameters the way ``ImageDataGenerator.get_random_transform`` does
     (rotation uniform in ``±rotation_range`` degrees, shifts uniform in ``±range`` times the
-    height / width, shear angle in ``±shear_range`` degrees, row and column zoom drawn
+    width / height, shear angle in ``±shear_range`` degrees, column and row zoom drawn
     independently in ``[1 - z, 1 + z]``, each flip with probability 0.5) and applies them as
-    :func:`idg_affine_matrices` does.
+    :func:`idg_affine_matrices` does. (The generator multiplies ``height_shift_range`` by the
+    height but applies it along x; the two agree for square images and equal ranges, as in
+    LeukNet; here each range acts along its own axis.)
 
     Args:
         rotation_range, width_shift_range, height_shift_range, shear_range, zoom_range,
@@ -345,8 +346,8 @@ class RandomAffine(_AffineLayer):
             height,
             width,
             theta=sym(0, self.rotation_range) if self.rotation_range else None,
-            tx=sym(1, self.height_shift_range) * h if self.height_shift_range else None,
-            ty=sym(2, self.width_shift_range) * w if self.width_shift_range else None,
+            tx=sym(1, self.width_shift_range) * w if self.width_shift_range else None,
+            ty=sym(2, self.height_shift_range) * h if self.height_shift_range else None,
             shear=sym(3, self.shear_range) if self.shear_range else None,
             zx=1.0 + sym(4, z) if z else None,
             zy=1.0 + sym(5, z) if z else None,
@@ -504,9 +505,9 @@ class RandomResizedCrop(_AffineLayer):
         w = ops.cast(width, "float32")
         # Window centre offset that keeps the crop inside the image (z < 1) or the whole image
         # inside the frame (z > 1): at most |1 - z| / 2 of the side.
-        tx = (2.0 * u[:, 2] - 1.0) * ops.abs(1.0 - z_rows) * (h - 1.0) / 2.0
-        ty = (2.0 * u[:, 3] - 1.0) * ops.abs(1.0 - z_cols) * (w - 1.0) / 2.0
-        return idg_affine_matrices(height, width, tx=tx, ty=ty, zx=z_rows, zy=z_cols)
+        tx = (2.0 * u[:, 2] - 1.0) * ops.abs(1.0 - z_cols) * (w - 1.0) / 2.0
+        ty = (2.0 * u[:, 3] - 1.0) * ops.abs(1.0 - z_rows) * (h - 1.0) / 2.0
+        return idg_affine_matrices(height, width, tx=tx, ty=ty, zx=z_cols, zy=z_rows)
 
     def get_config(self):
         config = super().get_config()
