@@ -103,6 +103,9 @@ class DataConfig:
             quick runs; ``None`` keeps all.
         near_duplicate_distance: dHash (16x16) Hamming distance at or below which two images
             are near duplicates and share a group; ``-1`` disables near-duplicate grouping.
+        recrop_similarity: overlap similarity (0-1, :func:`leukdx.data.dedup.recrop_pairs`)
+            at or above which two crops of the same picture, shifted by some pixels, share a
+            group; ``None`` disables the re-crop search.
         workers: decoding threads; ``None`` uses the CPU count.
         stain_normalize: ``none``, ``reinhard`` or ``macenko``: map each image's colours
             onto a reference fitted per fold on the training images only
@@ -130,6 +133,7 @@ class DataConfig:
     on_bad_image: str = "error"
     max_per_class: int | None = None
     near_duplicate_distance: int = 12
+    recrop_similarity: float | None = 0.5
     workers: int | None = None
     stain_normalize: str = "none"
     crop: str = "none"

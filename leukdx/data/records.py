@@ -687,7 +687,13 @@ def load_collection(
     if not rows:
         raise DataError(f"No readable images in '{root_path}' ({len(skipped)} skipped).")
     records = pd.DataFrame(rows)
-    records["group"] = assign_groups(records, data_config.near_duplicate_distance)
+    records["group"] = assign_groups(
+        records,
+        data_config.near_duplicate_distance,
+        recrop_similarity=data_config.recrop_similarity,
+        cache_dir=data_config.cache_dir or None,
+        workers=data_config.workers,
+    )
     records = records.drop(columns=["origin"])
 
     mixed = mixed_label_groups(records)

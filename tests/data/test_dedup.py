@@ -24,6 +24,8 @@ from leukdx.data.dedup import (
     hex_to_bits,
     mixed_label_groups,
     near_pairs,
+    overlap_similarity,
+    recrop_pairs,
     sha256_file,
 )
 
@@ -202,9 +204,130 @@ def test_assign_groups_of_empty_table():
     assert len(assign_groups(empty, 12)) == 0
 
 
+# ----------------------------------------------------------------------------- re-crops
+
+
+def _field(seed: int, size: int = 330) -> np.ndarray:
+    """A smear-like field: smooth colour blobs (the cells) plus fine grain (camera detail)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(40, 230, (8, 8, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+    grain = rng.normal(0, 10, (size, size, 1))
+    return np.clip(smooth + grain, 0, 255).astype(np.uint8)
+
+
+def _refocused(seed: int, size: int = 330) -> np.ndarray:
+    """The same field photographed again: same cells, new grain, slightly out of focus."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(40, 230, (8, 8, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+    grain = np.random.default_rng(seed + 1000).normal(0, 10, (size, size, 1))
+    return np.clip(smooth + grain, 0, 255).astype(np.uint8)
+
+
+def _recrop_records(tmp_path, images: dict[str, np.ndarray]) -> pd.DataFrame:
+    rows = []
+    for name, img in images.items():
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(img).save(path)
+        rows.append({"path": str(path), "sha256": sha256_file(path), "dhash": dhash_hex(img),
+                     "source": "s", "label": 0})
+    return pd.DataFrame(rows)
+
+
+def test_overlap_similarity_is_one_for_shared_pixels_and_low_for_new_grain():
+    field = _field(0).astype(float).mean(axis=2)
+    a, b = field[6:263, 3:260], field[0:257, 0:257]  # a[y, x] = b[y + 6, x + 3]
+    similarity, dy, dx = overlap_similarity(a, b, (0, 0))
+    assert similarity == pytest.approx(1.0, abs=1e-6)
+    assert (dy, dx) == (-6, -3)
+    other = _refocused(0).astype(float).mean(axis=2)[0:257, 0:257]
+    assert overlap_similarity(a, other, (-6, -3))[0] < 0.3
+
+
+def test_recrops_far_apart_in_dhash_are_grouped_and_other_photographs_are_not(tmp_path):
+    field = _field(1)
+    images = {
+        "crop": field[0:257, 0:257],
+        "recrop": field[9:266, 5:262],  # the same cell, cut again a few pixels away
+        "refocused": _refocused(1)[9:266, 5:262],  # the same cell photographed again
+        "other": _field(2)[0:257, 0:257],
+    }
+    records = _recrop_records(tmp_path, images)
+    dist = hamming_matrix(records["dhash"].tolist())
+    assert dist[0, 1] > 12  # a whole-image hash misses this re-crop
+    pairs = recrop_pairs(records, 0.5)
+    assert pairs[["i", "j"]].values.tolist() == [[0, 1]]
+    assert pairs["similarity"].item() > 0.95
+    # crop[y, x] = recrop[y - 9, x - 5]
+    assert (pairs["shift_y"].item(), pairs["shift_x"].item()) == (9, 5)
+    grouped = assign_groups(records, -1, recrop_similarity=0.5)
+    assert grouped[0] == grouped[1]
+    assert len({grouped[0], grouped[2], grouped[3]}) == 3
+    by_dhash = assign_groups(records, 12)
+    assert by_dhash[0] != by_dhash[1]  # the dHash alone keeps the re-crop apart
+    kinds = duplicate_pairs(records, -1, recrop_similarity=0.5)
+    assert kinds[["i", "j", "kind"]].values.tolist() == [[0, 1, "recrop"]]
+    assert kinds["distance"].item() == dist[0, 1]
+
+
+def test_recrop_search_is_cached_by_content(tmp_path, monkeypatch):
+    import leukdx.data.dedup as dedup_module
+
+    field = _field(3)
+    records = _recrop_records(tmp_path, {"a": field[0:200, 0:200], "b": field[4:204, 7:207],
+                                         "c": _field(4)[0:200, 0:200]})
+    cache = tmp_path / "cache"
+    first = recrop_pairs(records, 0.5, cache_dir=cache)
+    assert {p.name for p in cache.iterdir()} == {"recrop_thumbs.npz", "recrops.json"}
+    dedup_module._recrop_memo.clear()
+
+    def no_pixels(path, preview):
+        raise AssertionError(f"{path} was decoded again")
+
+    monkeypatch.setattr(dedup_module, "_load_gray", no_pixels)
+    again = recrop_pairs(records.iloc[::-1].reset_index(drop=True), 0.5, cache_dir=cache)
+    assert first[["i", "j"]].values.tolist() == [[0, 1]]
+    assert again[["i", "j"]].values.tolist() == [[1, 2]]  # same pair, rows reversed
+
+
+# The duplicates documented in ../shared/data/SOURCES.md, and nothing else.
+DOCUMENTED_PAIRS = {
+    ("all_idb2/healthy/Im223_0.tif", "all_idb2/healthy/Im257_0.tif"),  # identical
+    ("all_idb2/healthy/Im222_0.tif", "all_idb2/healthy/Im256_0.tif"),  # re-crops
+    ("all_idb2/healthy/Im224_0.tif", "all_idb2/healthy/Im258_0.tif"),
+    ("all_idb2/healthy/Im225_0.tif", "all_idb2/healthy/Im259_0.tif"),
+    ("all_idb2/healthy/Im227_0.tif", "all_idb2/healthy/Im260_0.tif"),
+    ("jtsc/healthy/112.bmp", "jtsc/healthy/139.bmp"),  # identical
+    ("taleqani_all/healthy/WBC-Benign-238.jpg", "taleqani_all/healthy/WBC-Benign-241.jpg"),
+    ("taleqani_all/healthy/WBC-Benign-407.jpg", "taleqani_all/healthy/WBC-Benign-410.jpg"),
+}
+
+
+def _relative(path: str) -> str:
+    return "/".join(str(path).replace("\\", "/").split("/")[-3:])
+
+
 @pytest.mark.real_data
-def test_real_duplicate_pairs_are_within_sources(real_collection):
-    # SOURCES.md: no exact or near duplicates across the staged sources at distance <= 12
-    pairs = duplicate_pairs(real_collection.records, 12)
-    assert len(pairs) > 0
+def test_real_groups_are_exactly_the_documented_duplicate_pairs(real_collection):
+    records = real_collection.records
+    grouped = set()
+    for _, members in records.groupby("group")["path"]:
+        if len(members) > 1:
+            names = sorted(_relative(p) for p in members)
+            grouped |= {(a, b) for k, a in enumerate(names) for b in names[k + 1 :]}
+    assert grouped == DOCUMENTED_PAIRS
+
+
+@pytest.mark.real_data
+def test_real_duplicate_pairs_name_their_kind(real_collection, real_config):
+    pairs = duplicate_pairs(real_collection.records, real_config.near_duplicate_distance,
+                            recrop_similarity=real_config.recrop_similarity,
+                            cache_dir=real_config.cache_dir)
+    found = {
+        tuple(sorted((_relative(r.path_a), _relative(r.path_b)))): r.kind
+        for r in pairs.itertuples()
+    }
+    assert set(found) == DOCUMENTED_PAIRS
+    assert sorted(found.values()) == ["exact"] * 2 + ["near"] * 2 + ["recrop"] * 4
     assert (pairs["source_a"] == pairs["source_b"]).all()
