@@ -1,18 +1,26 @@
-"""Augmentation presets: shapes, ranges, training switch, Loey's operation grids, seeding."""
+"""Augmentation presets: shapes, ranges, training switch, Loey's operation grids, seeding,
+ImageDataGenerator equivalence, per-example stateless seeds, scale jitter."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-keras = pytest.importorskip("keras")
-
 from leukdx.data.augment import (  # noqa: E402
+    LEUKNET_AFFINE,
     LoeyAugmentation,
     RandomAffine,
+    RandomFlipRot90,
+    RandomResizedCrop,
+    apply_affine,
+    apply_augmentation,
     build_augmentation,
+    example_seeds,
+    fit_augmentation,
+    idg_affine_matrices,
     list_augmentations,
     sample_pixel_shifts,
     sample_step_angles,
@@ -42,9 +50,26 @@ def _peak(img: np.ndarray) -> tuple[int, int]:
     return tuple(int(v) for v in np.unravel_index(np.argmax(channel), channel.shape))
 
 
+NEW_PRESETS = ["stain", "leuknet_stain", "generalise", "randstainna"]
+ALL_PRESETS = ["leuknet", "loey", *NEW_PRESETS]
+
+
+def _build(preset, seed=1, strength=1.0, batch=None):
+    aug = build_augmentation(preset, SIZE, seed=seed, strength=strength)
+    if batch is not None:
+        fit_augmentation(aug, batch.astype(np.uint8))  # RandStainNA needs statistics
+    return aug
+
+
 def test_registry_lists_presets_and_none_builds_nothing():
-    assert {"leuknet", "loey", "none"} <= set(list_augmentations())
+    assert {"leuknet", "loey", "none", *NEW_PRESETS} <= set(list_augmentations())
     assert build_augmentation("none", SIZE) is None
+
+
+def test_config_accepts_exactly_the_registered_presets():
+    from leukdx.config import CHOICES
+
+    assert set(CHOICES["augment.preset"]) == set(list_augmentations())
 
 
 def test_unknown_preset_error_names_the_choices():
@@ -52,9 +77,9 @@ def test_unknown_preset_error_names_the_choices():
         build_augmentation("mixup", SIZE)
 
 
-@pytest.mark.parametrize("preset", ["leuknet", "loey"])
+@pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_preset_changes_pixels_but_keeps_shape_dtype_and_range(preset, batch):
-    aug = build_augmentation(preset, SIZE, seed=1)
+    aug = _build(preset, batch=batch)
     out = np.asarray(aug(batch, training=True))
     assert out.shape == batch.shape
     assert out.dtype == np.float32
@@ -63,15 +88,15 @@ def test_preset_changes_pixels_but_keeps_shape_dtype_and_range(preset, batch):
     assert sum(changed) >= len(batch) - 1  # leuknet could, in theory, draw a near-identity
 
 
-@pytest.mark.parametrize("preset", ["leuknet", "loey"])
+@pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_preset_is_identity_at_inference(preset, batch):
-    aug = build_augmentation(preset, SIZE, seed=1)
+    aug = _build(preset, batch=batch)
     np.testing.assert_array_equal(np.asarray(aug(batch, training=False)), batch)
 
 
-@pytest.mark.parametrize("preset", ["leuknet", "loey"])
+@pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_inside_a_model_predict_is_identity_and_survives_save_load(preset, batch, tmp_path):
-    aug = build_augmentation(preset, SIZE, seed=1)
+    aug = _build(preset, batch=batch)
     inputs = keras.Input((SIZE, SIZE, 3))
     model = keras.Model(inputs, aug(inputs))
     np.testing.assert_allclose(model.predict(batch, verbose=0), batch)
@@ -79,14 +104,15 @@ def test_inside_a_model_predict_is_identity_and_survives_save_load(preset, batch
     model.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(loaded.predict(batch, verbose=0), batch)
-    assert type(loaded.layers[-1].layers[0]) is type(aug.layers[0])
+    assert [type(x) for x in loaded.layers[-1].layers] == [type(x) for x in aug.layers]
+    assert loaded.layers[-1].layers[-1].get_config() == aug.layers[-1].get_config()
 
 
-@pytest.mark.parametrize("preset", ["leuknet", "loey"])
+@pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_same_seed_same_augmentation_different_seed_different(preset, batch):
-    first = np.asarray(build_augmentation(preset, SIZE, seed=7)(batch, training=True))
-    again = np.asarray(build_augmentation(preset, SIZE, seed=7)(batch, training=True))
-    other = np.asarray(build_augmentation(preset, SIZE, seed=8)(batch, training=True))
+    first = np.asarray(_build(preset, 7, batch=batch)(batch, training=True))
+    again = np.asarray(_build(preset, 7, batch=batch)(batch, training=True))
+    other = np.asarray(_build(preset, 8, batch=batch)(batch, training=True))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
 
@@ -213,3 +239,151 @@ def test_random_affine_rotation_stays_within_range():
 def test_leuknet_reflect_fill_leaves_no_black_border(batch):
     out = np.asarray(build_augmentation("leuknet", SIZE, seed=2)(batch + 50.0, training=True))
     assert out.min() > 0.0  # reflection never introduces the zero fill Loey's preset uses
+
+
+# --------------------------------------------------------------------------- per-example seeds
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_example_seeds_fix_each_images_transform_whatever_its_batch(preset, batch):
+    aug = _build(preset, batch=batch)
+    seeds = example_seeds(5, 0, range(len(batch)))
+    whole = np.asarray(apply_augmentation(aug, batch, seeds))
+    again = np.asarray(apply_augmentation(aug, batch, seeds))
+    np.testing.assert_array_equal(whole, again)
+    # the same image with the same seed pair, in another batch and position: same pixels
+    reordered = [4, 1, 5]
+    part = np.asarray(apply_augmentation(aug, batch[reordered], seeds[reordered]))
+    np.testing.assert_allclose(part, whole[reordered], atol=1e-3)
+    other = np.asarray(apply_augmentation(aug, batch, example_seeds(6, 0, range(len(batch)))))
+    assert not np.allclose(other, whole, atol=1e-3)
+    next_epoch = np.asarray(apply_augmentation(aug, batch, example_seeds(5, 1, range(6))))
+    assert not np.allclose(next_epoch, whole, atol=1e-3)
+
+
+def test_stateless_layers_do_not_touch_their_generator_when_given_seeds(batch):
+    layer = RandomAffine(rotation_range=30, seed=0)
+    state = np.asarray(layer.seed_generator.state.value).copy()
+    layer(batch, training=True, seeds=example_seeds(0, 0, range(len(batch))))
+    np.testing.assert_array_equal(np.asarray(layer.seed_generator.state.value), state)
+
+
+def test_example_seeds_rejects_bad_indices():
+    with pytest.raises(ValueError, match="indices"):
+        example_seeds(0, 0, [-1])
+
+
+def test_strength_zero_makes_stain_the_identity_and_scales_generalise(batch):
+    seeds = example_seeds(3, 0, range(len(batch)))
+    still = np.asarray(apply_augmentation(_build("stain", strength=0.0), batch, seeds))
+    np.testing.assert_allclose(still, batch, atol=0.05)
+
+    def change(strength):
+        aug = _build("stain", strength=strength)
+        return np.abs(np.asarray(apply_augmentation(aug, batch, seeds)) - batch).mean()
+
+    assert 0.0 < change(0.5) < change(1.0) < change(2.0)
+    with pytest.raises(ValueError, match="augment.strength"):
+        build_augmentation("generalise", SIZE, strength=-1.0)
+
+
+# --------------------------------------------------------------------------- ImageDataGenerator
+
+
+def _grid_image(size: int = 48) -> np.ndarray:
+    """A checkerboard with ramps: every shift, turn, shear and zoom changes it."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    checker = ((yy // 6 + xx // 6) % 2) * 180.0 + 30.0
+    return np.stack([checker, xx * 5.0, yy * 5.0], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"theta": 25.0},
+        {"tx": 5.0, "ty": -7.0},
+        {"shear": 20.0},
+        {"zx": 0.8, "zy": 1.25},
+        {"theta": 30.0, "tx": 4.0, "ty": -6.0, "shear": 15.0, "zx": 0.85, "zy": 1.15},
+        {"theta": -20.0, "tx": 3.0, "zx": 1.1, "flip_horizontal": True, "flip_vertical": True},
+    ],
+)
+def test_affine_map_equals_image_data_generator_apply_transform(params):
+    from tf_keras.preprocessing.image import ImageDataGenerator
+
+    img = _grid_image()
+    expected = ImageDataGenerator(fill_mode="reflect").apply_transform(img, dict(params))
+    tensors = {k: np.array([v]) for k, v in params.items()}
+    ours = np.asarray(apply_affine(img[None], idg_affine_matrices(48, 48, **tensors)))[0]
+    assert np.abs(expected - img).max() > 50  # the transform does something
+    np.testing.assert_allclose(ours, expected, atol=0.01)
+
+
+def test_random_affine_draws_ranges_like_the_generator():
+    # Rotation only, large dot far from the centre: the angles RandomAffine draws are uniform
+    # in +-rotation_range, like ImageDataGenerator.get_random_transform's.
+    layer = RandomAffine(**{**LEUKNET_AFFINE, "horizontal_flip": False, "vertical_flip": False,
+                            "width_shift_range": 0.0, "height_shift_range": 0.0,
+                            "zoom_range": 0.0, "shear_range": 0.0})
+    size, centre = 101, 50
+    dots = np.repeat(_dot_image(size, centre, centre + 40), 60, axis=0)
+    out = np.asarray(layer(dots, training=True, seeds=example_seeds(1, 0, range(60))))
+    angles = []
+    for o in out:
+        y, x = _peak(o)
+        angles.append(np.degrees(np.arctan2(-(y - centre), x - centre)))
+    angles = np.array(angles)
+    assert np.abs(angles).max() <= 42.0
+    assert (angles > 20).any() and (angles < -20).any()
+
+
+# --------------------------------------------------------------------------- scale jitter
+
+
+def _gradient_energy(images: np.ndarray) -> np.ndarray:
+    gy = np.diff(images, axis=1)[:, :, :-1]
+    gx = np.diff(images, axis=2)[:, :-1, :]
+    return np.sqrt(gx**2 + gy**2).mean(axis=(1, 2, 3))
+
+
+def test_random_resized_crop_zoom_in_enlarges_and_zoom_out_shrinks_content():
+    img = np.repeat(_grid_image(64)[None], 8, axis=0)
+    seeds = example_seeds(2, 0, range(8))
+    zoom_in = np.asarray(RandomResizedCrop(scale_range=(0.5, 0.5), aspect_jitter=0.0)(
+        img, training=True, seeds=seeds))
+    zoom_out = np.asarray(RandomResizedCrop(scale_range=(1.6, 1.6), aspect_jitter=0.0)(
+        img, training=True, seeds=seeds))
+    base = _gradient_energy(img)
+    # a 2x enlargement halves the edges per pixel; shrinking crowds more edges in
+    assert (_gradient_energy(zoom_in) < 0.7 * base).all()
+    assert (_gradient_energy(zoom_out) > 1.2 * base).all()
+    # checker squares of 6 px become 12 px: the crop is a window of the original, enlarged
+    assert zoom_in.min() >= 0 and zoom_out.max() <= 255
+
+
+def test_random_resized_crop_keeps_the_window_inside_the_image():
+    # A 64 px image, window half its side: every output pixel comes from the image, so with a
+    # constant fill of -1 nothing of the fill shows.
+    img = np.repeat(_grid_image(64)[None], 12, axis=0)
+    layer = RandomResizedCrop(scale_range=(0.5, 0.9), aspect_jitter=0.1, fill_mode="constant",
+                              fill_value=0.0)
+    out = np.asarray(layer(img + 10.0, training=True, seeds=example_seeds(4, 0, range(12))))
+    assert out.min() >= 9.0
+
+
+def test_random_resized_crop_rejects_bad_scale():
+    with pytest.raises(ValueError, match="scale_range"):
+        RandomResizedCrop(scale_range=(0.0, 1.0))
+
+
+def test_flip_rot90_gives_each_of_the_eight_exact_symmetries(batch):
+    img = batch[:1]
+    out = np.asarray(RandomFlipRot90()(np.repeat(img, 80, axis=0), training=True,
+                                       seeds=example_seeds(0, 0, range(80))))
+    candidates = []
+    base = img[0]
+    for k in range(4):
+        rotated = np.rot90(base, k)
+        candidates += [rotated, rotated[:, ::-1]]
+    hits = [next(i for i, c in enumerate(candidates) if np.array_equal(o, c)) for o in out]
+    assert set(hits) == set(range(8))
