@@ -203,8 +203,9 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
                 "only; leukdx models never need Lambda layers, so rebuild the model with "
                 "registered layers instead."
             ) from exc
+        first_sentence = reason.split(". ")[0][:200]
         raise ModelFileError(
-            f"Cannot load '{path}' as a leukdx model ({type(exc).__name__}: {reason[:300]}). "
+            f"Cannot load '{path}' as a leukdx model ({type(exc).__name__}: {first_sentence}). "
             "It was not saved by leukdx, or names layers or functions leukdx does not "
             "register; give the model.keras of a run folder made by `leukdx train`."
         ) from exc

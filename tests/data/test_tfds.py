@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
-tfds = pytest.importorskip("tensorflow_datasets")
-
-import leukdx.data.tfds as leukdx_tfds  # noqa: E402
-from leukdx.data.decode import read_image  # noqa: E402
-from leukdx.data.synth import synthesize_collection  # noqa: E402
-from leukdx.data.tfds.public import healthy_records  # noqa: E402
+import leukdx.data.tfds as leukdx_tfds
+from leukdx.data.decode import read_image
+from leukdx.data.synth import synthesize_collection
+from leukdx.data.tfds.public import healthy_records
 
 
 def _load(name: str, manual_dir: Path, data_dir: Path, split: str = "train"):
