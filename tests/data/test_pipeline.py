@@ -135,6 +135,142 @@ def test_cache_converts_every_mode_to_rgb(tmp_path):
     assert np.abs(deep.astype(int) - gray_out.astype(int)).max() <= 1
 
 
+# ------------------------------------------------------- ImageCache: crops, stain, tiles
+
+
+def test_centre_crops_are_cached_apart_from_whole_images(tiny_records):
+    cache = ImageCache(workers=2, progress=False)
+    whole = cache.get(tiny_records, 32)
+    cropped = cache.get(tiny_records, 32, crop_fraction=0.5)
+    assert cache.decode_count == 2 * len(tiny_records)
+    np.testing.assert_array_equal(
+        cropped[2], load_image(tiny_records.loc[2, "path"], 32, crop_fraction=0.5)
+    )
+    assert not np.array_equal(cropped, whole)
+    only_a = cache.get(tiny_records, 32, crop_fraction=0.5, crop_sources=["src_a"])
+    is_a = (tiny_records["source"] == "src_a").to_numpy()
+    np.testing.assert_array_equal(only_a[is_a], cropped[is_a])
+    np.testing.assert_array_equal(only_a[~is_a], whole[~is_a])
+    assert cache.decode_count == 2 * len(tiny_records)  # all served from memory
+
+
+def test_stain_normalised_images_are_made_once_per_reference(tiny_records, tmp_path):
+    from leukdx.data.stain import fit_stain_reference, normalize_images
+
+    disk = tmp_path / "images"
+    cache = ImageCache(disk_dir=disk, workers=2, progress=False)
+    plain = cache.get(tiny_records, 32)
+    is_a = (tiny_records["source"] == "src_a").to_numpy()
+    ref_a = fit_stain_reference(plain[is_a], "reinhard")
+    ref_b = fit_stain_reference(plain[~is_a], "reinhard")
+
+    normalised = cache.get(tiny_records, 32, stain=ref_a)
+    np.testing.assert_array_equal(normalised, normalize_images(plain, ref_a))
+    assert cache.normalize_count == len(tiny_records)
+    np.testing.assert_array_equal(cache.get(tiny_records.iloc[::-1], 32, stain=ref_a),
+                                  normalised[::-1])
+    assert cache.normalize_count == len(tiny_records)
+    assert not np.array_equal(cache.get(tiny_records, 32, stain=ref_b), normalised)
+    assert cache.normalize_count == 2 * len(tiny_records)
+    assert cache.decode_count == len(tiny_records)  # normalising never decodes again
+    assert any(f"_32_stretch_s{ref_a.fingerprint[:16]}.npy" in p.name for p in disk.iterdir())
+
+    again = ImageCache(disk_dir=disk, workers=2, progress=False)
+    np.testing.assert_array_equal(again.get(tiny_records, 32, stain=ref_a), normalised)
+    assert again.normalize_count == 0 and again.decode_count == 0
+
+
+def test_tiles_are_cached_with_their_owner(tiny_records):
+    from leukdx.data.decode import load_tiles
+
+    cache = ImageCache(workers=2, progress=False)
+    rows = tiny_records.iloc[[1, 4, 9]]
+    tiles, owner = cache.get_tiles(rows, 16, 24)  # 48 px images: 2 x 2 tiles each
+    assert tiles.shape == (12, 16, 16, 3) and owner.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    np.testing.assert_array_equal(tiles[4:8], load_tiles(rows["path"].iloc[1], 16, 24))
+    cache.get_tiles(rows, 16, 24)
+    assert cache.decode_count == 3
+    cache.get_tiles(rows, 16, 24, stride_px=12)  # another layout is another variant
+    assert cache.decode_count == 6
+
+
+def _fold_config(data_config, **changes):
+    return dataclasses.replace(data_config, image_size=32, **changes)
+
+
+def test_fold_stain_reference_sees_only_the_training_images(tiny_records, data_config):
+    from leukdx.data.stain import fit_stain_reference, normalize_images
+
+    cache = ImageCache(workers=2, progress=False)
+    train = tiny_records[tiny_records["source"] != "src_c"]
+    test = tiny_records[tiny_records["source"] == "src_c"]
+    config = _fold_config(data_config, stain_normalize="reinhard")
+    fold = cache.fold_images(train, test, config)
+    expected = fit_stain_reference(cache.get(train, 32), "reinhard", sources=train["source"])
+    assert fold.stain_reference.fingerprint == expected.fingerprint
+    assert cache.fold_images(train, test.iloc[:3], config).stain_reference.fingerprint == (
+        expected.fingerprint
+    )
+    np.testing.assert_array_equal(fold.test, normalize_images(cache.get(test, 32), expected))
+    np.testing.assert_array_equal(fold.train, normalize_images(cache.get(train, 32), expected))
+    assert len(fold.tiles) == 0 and fold.test_inputs.shape == fold.test.shape
+
+
+def test_fold_tiles_test_images_of_tiled_sources_but_trains_on_whole_images(
+    tiny_records, data_config
+):
+    from leukdx.config import TileConfig
+
+    cache = ImageCache(workers=2, progress=False)
+    train = tiny_records[tiny_records["source"] != "src_b"]
+    test = tiny_records[tiny_records["source"] != "src_a"].reset_index(drop=True)
+    config = _fold_config(data_config, tile=TileConfig(sources=["src_a", "src_b"], size_px=24,
+                                                       aggregate="max"))
+    fold = cache.fold_images(train, test, config)
+    # the label rule: training keeps one whole image per record with its own label
+    assert len(fold.train) == len(fold.train_records) == len(train)
+    np.testing.assert_array_equal(fold.train, cache.get(train, 32))
+    is_b = (test["source"] == "src_b").to_numpy()
+    assert len(fold.tiles) == 4 * is_b.sum()
+    assert set(fold.tile_owner.tolist()) == set(np.flatnonzero(is_b).tolist())
+    scores = np.concatenate([np.full(len(test), 0.2), np.linspace(0, 1, len(fold.tiles))])
+    per_record = fold.test_probabilities(scores)
+    assert per_record.shape == (len(test),)
+    assert (per_record[~is_b] == 0.2).all()
+    last_b = np.flatnonzero(is_b)[-1]
+    assert per_record[last_b] == 1.0  # max over that image's tiles
+
+
+def test_fold_trains_on_labelled_tiles_only_when_asked(tiny_records, data_config):
+    from leukdx.config import TileConfig
+
+    cache = ImageCache(workers=2, progress=False)
+    train = tiny_records[tiny_records["source"] != "src_c"]
+    test = tiny_records[tiny_records["source"] == "src_c"]
+    tile = TileConfig(sources=["src_a"], size_px=24, label_tiles=True)
+    fold = cache.fold_images(train, test, _fold_config(data_config, tile=tile))
+    n_a = int((train["source"] == "src_a").sum())
+    assert len(fold.train) == len(fold.train_records) == len(train) - n_a + 4 * n_a
+    tiles_rows = fold.train_records[fold.train_records["source"] == "src_a"]
+    assert sorted(tiles_rows["tile"].unique().tolist()) == [0, 1, 2, 3]
+    by_path = train.set_index("path")
+    assert (tiles_rows["label"].to_numpy() == by_path.loc[tiles_rows["path"], "label"]).all()
+    assert (tiles_rows["group"].to_numpy() == by_path.loc[tiles_rows["path"], "group"]).all()
+
+
+@pytest.mark.real_data
+def test_real_all_idb1_fields_tile_into_cell_sized_pieces(real_collection):
+    from leukdx.data.tiles import tile_count
+
+    records = real_collection.records
+    fields = records[records["source"] == "all_idb1"].iloc[[0, -1]]
+    cache = ImageCache(progress=False)
+    tiles, owner = cache.get_tiles(fields, 32, 257)
+    expected = [tile_count(h, w, 257) for h, w in zip(fields["height"], fields["width"])]
+    assert np.bincount(owner).tolist() == expected and expected[0] == 11 * 8
+    assert tiles.std() > 5
+
+
 # ----------------------------------------------------------------------------- make_dataset
 
 
