@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +14,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukdx.config import ConfigError, config_from_dict
+from leukdx.config import ConfigError, config_from_dict, load_config, replace
 from leukdx.evaluation import runner
 from leukdx.evaluation.leakage import LeakageError
 from leukdx.evaluation.ledger import FOLD_KEY_COLUMNS, Ledger
 from leukdx.evaluation.runner import (
     FoldOutput,
     FoldTrainer,
+    ResultsFolderError,
     SourceConfoundWarning,
     expand_grid,
     fold_seed,
@@ -196,8 +201,238 @@ def test_source_confound_is_warned_and_recorded(tmp_path):
     assert entries[0]["source_confound"]["balanced_accuracy"] == pytest.approx(1.0)
 
 
+# ------------------------------------------------------------------- results folders
+
+
+def _summary_runs(out: Path) -> str:
+    return re.search(r"(\d+) run\(s\) per fold", (out / "summary.md").read_text()).group(1)
+
+
+@pytest.mark.parametrize("override", [
+    {"train": {"epochs": 2}}, {"data": {"image_size": 48}}, {"train": {"learning_rate": 0.5}},
+])
+def test_a_rerun_with_another_config_is_refused_naming_the_setting(
+    tiny_collection, tmp_path, override
+):
+    out = tmp_path / "r"
+    run_evaluation(_config(tiny_collection, tmp_path), out, trainer=BrightnessTrainer(),
+                   progress=False)
+    before = (out / "folds.csv").read_bytes()
+    (section, values), = override.items()
+    (key, _), = values.items()
+    trainer = BrightnessTrainer()
+    with pytest.raises(ResultsFolderError, match=rf"\({section}\.{key} differ\)") as info:
+        run_evaluation(_config(tiny_collection, tmp_path, **override), out, trainer=trainer,
+                       progress=False)
+    assert "\n" not in str(info.value) and "--force" in str(info.value)
+    assert trainer.calls == [] and (out / "folds.csv").read_bytes() == before
+
+
+def test_force_starts_a_new_ledger_and_keeps_the_old_one(tiny_collection, tmp_path):
+    out = tmp_path / "r"
+    first = run_evaluation(_config(tiny_collection, tmp_path), out, trainer=BrightnessTrainer(),
+                           progress=False)
+    old_bytes = (out / "folds.csv").read_bytes()
+    changed = _config(tiny_collection, tmp_path, train={"epochs": 2})
+    trainer = BrightnessTrainer()
+    folds = run_evaluation(changed, out, trainer=trainer, progress=False, force=True)
+    archived = sorted(out.glob("folds.*.csv"))
+    assert len(archived) == 1 and archived[0].read_bytes() == old_bytes
+    assert re.fullmatch(r"folds\.\d{8}T\d{6}Z\.csv", archived[0].name)
+    assert len(trainer.calls) == len(first) == len(folds) == 2  # every fold trained afresh
+    assert set(folds["config_hash"]) == {runner.config_hash(changed)}
+    assert set(folds["config_hash"]).isdisjoint(set(first["config_hash"]))
+    assert load_config(out / "config.yaml").train.epochs == 2
+    assert load_config(next(out.glob("config.*.yaml"))).train.epochs == 1
+    assert len(list(out.glob("predictions.*/*.csv"))) == 2  # the old fold predictions
+
+
+def test_fewer_runs_summarise_only_the_planned_runs(tiny_collection, tmp_path):
+    out = tmp_path / "r"
+    two = run_evaluation(_config(tiny_collection, tmp_path, evaluate={"runs": 2}), out,
+                         trainer=BrightnessTrainer(), progress=False)
+    assert len(two) == 4 and _summary_runs(out) == "2"
+    trainer = BrightnessTrainer()
+    one = run_evaluation(_config(tiny_collection, tmp_path, evaluate={"runs": 1}), out,
+                         trainer=trainer, progress=False)
+    assert trainer.calls == []  # evaluate.runs is not part of the configuration
+    assert set(one["run"]) == {0} and len(one) == 2
+    assert len(Ledger(out / "folds.csv").read()) == 4  # run 1 stays in the ledger
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["n"] == 2).all() and _summary_runs(out) == "1"
+    run0 = two[two["run"] == 0]
+    assert summary["accuracy_mean"].iloc[0] == pytest.approx(run0["accuracy"].mean())
+
+
+def test_rows_record_the_config_hash_sizes_and_the_folder_its_config(tiny_collection, tmp_path):
+    cfg = _config(tiny_collection, tmp_path, evaluate={"grid": {"model.strategy": ["sft", "mdft"]}})
+    out = tmp_path / "r"
+    folds = run_evaluation(cfg, out, trainer=BrightnessTrainer(), progress=False)
+    hashes = {p.cfg.model.strategy: runner.config_hash(p.cfg) for p in expand_grid(cfg)}
+    assert len(set(hashes.values())) == 2
+    assert (folds["config_hash"] == folds["strategy"].map(hashes)).all()
+    assert (folds["n_val"] == 0).all() and (folds["image_size"] == 32).all()
+    assert (folds["epochs"] == 1).all() and (folds["precision_policy"] == "float32").all()
+    assert load_config(out / "config.yaml") == cfg
+    # settings that cannot change a result do not change the hash
+    quiet = replace(cfg, {"evaluate.runs": 3, "evaluate.plots": True, "train.verbose": 2})
+    assert runner.config_hash(quiet) == runner.config_hash(cfg)
+
+
+def test_rows_of_another_results_version_are_refused(tiny_collection, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    cfg = _config(tiny_collection, tmp_path)
+    run_evaluation(cfg, out, trainer=BrightnessTrainer(), progress=False)
+    monkeypatch.setattr(runner, "RESULTS_VERSION", "999")
+    with pytest.raises(ResultsFolderError, match="leukdx results version 1 -> 999"):
+        run_evaluation(cfg, out, trainer=BrightnessTrainer(), progress=False)
+
+
+def test_trainer_sizes_and_provenance_reach_the_row(tiny_collection, tmp_path):
+    class Validating(BrightnessTrainer):
+        def fit_predict(self, cfg, train_records, train_images, test_images, seed, test_records):
+            output = super().fit_predict(cfg, train_records, train_images, test_images, seed,
+                                         test_records)
+            return output._replace(n_fit=len(train_images) - 5, n_val=5,
+                                   precision_policy="mixed_bfloat16", jit_compile=True)
+
+    folds = run_evaluation(_config(tiny_collection, tmp_path), tmp_path / "r",
+                           trainer=Validating(), progress=False)
+    assert (folds["n_train"] == 13).all() and (folds["n_val"] == 5).all()
+    assert (folds["n_train"] + folds["n_val"] + folds["n_test"] == 36).all()
+    assert set(folds["precision_policy"]) == {"mixed_bfloat16"}
+    assert set(folds["jit_compile"]) == {"True"}
+
+
+def test_imbalanced_training_sets_are_warned_unless_weighted(tmp_path):
+    root = tmp_path / "imbalanced"
+    rng = np.random.default_rng(1)
+    for source in ("a", "b"):
+        for cls, n in (("healthy", 9), ("leukemia", 3)):
+            folder = root / source / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                    folder / f"{i}.png")
+    cfg = _config(root, tmp_path, data={"near_duplicate_distance": -1})
+    with pytest.warns(runner.ClassImbalanceWarning, match="train.class_weight: balanced"):
+        run_evaluation(cfg, tmp_path / "r", trainer=BrightnessTrainer(), progress=False)
+    weighted = _config(root, tmp_path, data={"near_duplicate_distance": -1},
+                       train={"class_weight": "balanced"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runner.ClassImbalanceWarning)
+        run_evaluation(weighted, tmp_path / "w", trainer=BrightnessTrainer(), progress=False)
+
+
+def test_the_plan_and_progress_are_printed_and_skips_said(tiny_collection, tmp_path, capsys):
+    cfg = _config(tiny_collection, tmp_path, evaluate={"runs": 2})
+    out = tmp_path / "r"
+    run_evaluation(cfg, out, trainer=BrightnessTrainer(), progress=True)
+    printed = capsys.readouterr().out
+    assert ("Plan: 1 configuration(s) x 2 split(s) x 2 run(s) = 4 fits; 4 to train."
+            in printed)
+    assert re.search(r"fold 1/4 kfold.*run 0: accuracy \d\.\d{3}, MCC -?\d\.\d{3}; "
+                     r"elapsed \d+ s, ETA \d+ s", printed)
+    assert "fold 4/4" in printed and "ETA done" in printed
+    run_evaluation(cfg, out, trainer=BrightnessTrainer(), progress=True)
+    again = capsys.readouterr().out
+    assert "4 already in folds.csv (not retrained), 0 to train." in again
+    assert "fold 1/4" not in again
+
+
+def test_long_plans_on_cpu_are_estimated_from_history_and_warned(
+    tiny_collection, tmp_path, capsys, monkeypatch
+):
+    cfg = _config(tiny_collection, tmp_path)
+    run_evaluation(cfg, tmp_path / "first", trainer=BrightnessTrainer(), progress=False)
+    # an archived ledger of the same backbone and size: 300 s per image-epoch
+    old = Ledger(tmp_path / "first" / "folds.csv").read()
+    old["train_seconds"] = 300.0 * old["n_train"] * old["epochs"]
+    out = tmp_path / "r"
+    for folder in (out, tmp_path / "r2"):
+        archive = Ledger(folder / "folds.20250101T000000Z.csv")
+        for _, row in old.iterrows():
+            archive.append(row.to_dict())
+    monkeypatch.setattr(runner, "_has_gpu", lambda: False)
+    with pytest.warns(runner.SlowPlanWarning, match="executor: ray on a GPU machine"):
+        run_evaluation(replace(cfg, {"train.epochs": 3}), out, trainer=BrightnessTrainer(),
+                       progress=True)
+    printed = capsys.readouterr().out
+    # 2 fits x 18 images x 3 epochs x 300 s = 32,400 s
+    assert ("Estimated time: about 9 h 00 min for 2 fit(s) (from 2 earlier fit(s) of vgg16 "
+            "at 32 px)." in printed)
+    # the same plan on a GPU machine is not warned
+    monkeypatch.setattr(runner, "_has_gpu", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runner.SlowPlanWarning)
+        run_evaluation(replace(cfg, {"train.epochs": 3}), tmp_path / "r2",
+                       trainer=BrightnessTrainer(), progress=True)
+    assert "Estimated time: about 9 h 00 min" in capsys.readouterr().out
+
+
+_WORKER = """
+import json, os, sys, time
+from pathlib import Path
+from leukdx.config import config_from_dict
+from leukdx.evaluation.runner import FoldOutput, run_evaluation
+
+out, calls = Path(sys.argv[2]), Path(sys.argv[3])
+
+
+class SlowTrainer:
+    builds_keras_models = False
+
+    def key_fields(self, cfg):
+        return {"backbone": "vgg16", "strategy": "rule", "head": "rule"}
+
+    def fit_predict(self, cfg, train_records, train_images, test_images, seed, test_records):
+        first = not list(calls.parent.glob(f"ready.{os.getpid()}"))
+        (calls.parent / f"ready.{os.getpid()}").touch()
+        deadline = time.time() + 60
+        while first and len(list(calls.parent.glob("ready.*"))) < 2 and time.time() < deadline:
+            time.sleep(0.02)  # both workers are training before either goes on
+        with open(calls, "a") as fh:
+            fh.write(f"{os.getpid()} {seed}\\n")
+        time.sleep(0.3)
+        brightness = test_images.reshape(len(test_images), -1).mean(axis=1) / 255.0
+        return FoldOutput(1.0 - brightness, 0.3, 0.1)
+
+
+folds = run_evaluation(config_from_dict(json.loads(sys.argv[1])), out, trainer=SlowTrainer(),
+                       progress=False)
+print("ROWS", len(folds))
+"""
+
+
+def test_two_workers_on_one_folder_split_the_folds(tiny_collection, tmp_path):
+    settings = {
+        "name": "t", "seed": 3, "augment": {"preset": "none"},
+        "data": {"root": str(tiny_collection), "image_size": 32},
+        "evaluate": {"protocol": "kfold", "k": 2, "runs": 3, "plots": False},
+    }
+    script, calls = tmp_path / "worker.py", tmp_path / "calls" / "calls.txt"
+    script.write_text(_WORKER)
+    calls.parent.mkdir()
+    out = tmp_path / "shared"
+    workers = [
+        subprocess.Popen([sys.executable, str(script), json.dumps(settings), str(out),
+                          str(calls)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=240)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0]
+    assert all("ROWS 6" in text for text in outputs)  # each returns the complete plan
+    trained = [line.split() for line in calls.read_text().splitlines()]
+    seeds = [seed for _, seed in trained]
+    assert len(seeds) == 6 and len(set(seeds)) == 6  # every fold trained exactly once
+    assert len({pid for pid, _ in trained}) == 2  # by both workers
+    folds = Ledger(out / "folds.csv").read()
+    assert len(folds) == 6 and len({Ledger.key_of(r) for _, r in folds.iterrows()}) == 6
+    assert len(list((out / "predictions").glob("*.csv"))) == 6
+
+
 @pytest.mark.slow
-def test_kfold_fine_tuning_on_tiny_collection(tiny_collection, tmp_path):
+def test_kfold_fine_tuning_on_tiny_collection(tiny_collection, tmp_path, caplog):
     # validation is carved out of each fold's training part (grouped, 25 %)
     import keras
 
@@ -210,11 +445,20 @@ def test_kfold_fine_tuning_on_tiny_collection(tiny_collection, tmp_path):
     cfg = _config(tiny_collection, tmp_path, evaluate={"plots": True},
                   train={"validation_split": 0.25})
     trainer = runner.FineTuneTrainer(callbacks=[Record()])
-    folds = run_evaluation(cfg, tmp_path / "r", progress=False, trainer=trainer)
+    with caplog.at_level("INFO", logger="leukdx.evaluation.runner"):
+        folds = run_evaluation(cfg, tmp_path / "r", progress=False, trainer=trainer)
+    # no earlier fits: the first epoch measured gives the plan's estimate
+    assert "Estimated time: known after the first epoch." in caplog.text
+    assert re.search(r"Estimated time: about \d+ s for 2 fit\(s\) \(from a measured first "
+                     r"epoch of \d+ s\)", caplog.text)
     assert len(folds) == 2
     assert len(epoch_logs) == 2 and all("val_loss" in logs for logs in epoch_logs)
     assert set(folds["test_source"]) == {"pooled"}
-    assert (folds["n_train"] + folds["n_test"] == 36).all()
+    # n_train counts the images fitted: the fold's validation images are in n_val
+    assert (folds["n_train"] + folds["n_val"] + folds["n_test"] == 36).all()
+    assert (folds["n_val"] > 0).all() and (folds["n_train"] > folds["n_val"]).all()
+    assert set(folds["precision_policy"]) == {"float32"}
+    assert set(folds["jit_compile"]) <= {"True", "False"}
     assert folds["tp"].add(folds["fn"]).sum() == 18  # every leukaemia image tested once
     assert (folds[["accuracy", "mcc", "roc_auc"]].notna()).all().all()
     assert (folds["train_seconds"] > 0).all() and (folds["infer_ms_per_image"] > 0).all()
