@@ -1,7 +1,7 @@
 """The ``leukdx data inspect`` report: what each source holds and what looks wrong.
 
-One row per source: layout, images per class, file formats, pixel sizes, exact and near
-duplicate pairs, groups, and problems (unreadable files, one class only, duplicates shared with
+One row per source: layout, images per class, file formats, pixel sizes, exact, near and
+re-crop duplicate pairs, groups, and problems (unreadable files, one class only, duplicates shared with
 other sources, groups holding both labels). Unreadable files are reported rather than fatal
 here (the report forces ``data.on_bad_image: skip``).
 
@@ -38,6 +38,7 @@ INSPECT_COLUMNS: tuple[str, ...] = (
     "max_height",
     "exact_duplicate_pairs",
     "near_duplicate_pairs",
+    "recrop_pairs",
     "groups",
     "problems",
 )
@@ -64,8 +65,11 @@ def inspect_collection(
 
     Returns:
         DataFrame with columns :data:`INSPECT_COLUMNS`, one row per source, sorted by source.
-        ``*_duplicate_pairs`` count pairs with at least one image in the source (near pairs
-        exclude exact ones); ``problems`` is ``"; "``-separated text, empty when none.
+        ``*_duplicate_pairs`` and ``recrop_pairs`` count pairs with at least one image in the
+        source (near pairs exclude exact ones; re-crops are pairs found only by content
+        matching, see :func:`leukdx.data.dedup.recrop_pairs`); ``problems`` is
+        ``"; "``-separated text, empty when none. ``table.attrs["pairs"]`` holds every pair
+        (:func:`leukdx.data.dedup.duplicate_pairs`), which :func:`format_inspect_table` lists.
     """
     config = with_config(data_config, on_bad_image="skip")
     with warnings.catch_warnings():
@@ -73,7 +77,13 @@ def inspect_collection(
         warnings.simplefilter("ignore", DataWarning)
         coll = load_collection(root, config, progress=progress)
     records = coll.records
-    pairs = duplicate_pairs(records, config.near_duplicate_distance)
+    pairs = duplicate_pairs(
+        records,
+        config.near_duplicate_distance,
+        recrop_similarity=config.recrop_similarity,
+        cache_dir=config.cache_dir or None,
+        workers=config.workers,
+    )
     mixed = set(mixed_label_groups(records))
 
     skipped_by_source: dict[str, list[str]] = {}
@@ -116,6 +126,7 @@ def inspect_collection(
                 "max_height": int(part["height"].max()) if len(part) else 0,
                 "exact_duplicate_pairs": int((mine["kind"] == "exact").sum()),
                 "near_duplicate_pairs": int((mine["kind"] == "near").sum()),
+                "recrop_pairs": int((mine["kind"] == "recrop").sum()),
                 "groups": int(part["group"].nunique()),
                 "problems": "; ".join(problems),
             }
@@ -123,6 +134,7 @@ def inspect_collection(
     table = pd.DataFrame(rows, columns=list(INSPECT_COLUMNS))
     # groups may span sources, so the collection total is not the column sum
     table.attrs["total_groups"] = int(records["group"].nunique())
+    table.attrs["pairs"] = pairs
     return table
 
 
@@ -138,6 +150,11 @@ def _source_of(path: str, root: Path, layouts: dict[str, str], config: DataConfi
         if first in members:
             return target
     return first
+
+
+def _short(path: str) -> str:
+    p = Path(str(path))
+    return f"{p.parent.parent.name}/{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def _range(lo: int, hi: int) -> str:
@@ -160,9 +177,10 @@ def format_inspect_table(df: pd.DataFrame) -> str:
         "height",
         "exact",
         "near",
+        "re-crop",
         "groups",
     ]
-    right = {"healthy", "leukemia", "total", "exact", "near", "groups"}
+    right = {"healthy", "leukemia", "total", "exact", "near", "re-crop", "groups"}
     body = [
         [
             str(r.source),
@@ -175,6 +193,7 @@ def format_inspect_table(df: pd.DataFrame) -> str:
             _range(r.min_height, r.max_height),
             str(r.exact_duplicate_pairs),
             str(r.near_duplicate_pairs),
+            str(r.recrop_pairs),
             str(r.groups),
         ]
         for r in df.itertuples(index=False)
@@ -185,6 +204,7 @@ def format_inspect_table(df: pd.DataFrame) -> str:
         str(int(df["n_healthy"].sum())),
         str(int(df["n_leukemia"].sum())),
         str(int(df["n_total"].sum())),
+        "",
         "",
         "",
         "",
@@ -209,9 +229,19 @@ def format_inspect_table(df: pd.DataFrame) -> str:
         out.append("")
         out.append("Problems:")
         out.extend(f"  {source}: {text}" for source, text in problems)
+    pairs = df.attrs.get("pairs")
+    if pairs is not None and len(pairs):
+        out.append("")
+        out.append("Duplicate pairs (kept in one group):")
+        out.extend(
+            f"  {p.kind:<6}  {_short(p.path_a)}  {_short(p.path_b)}"
+            + (f"  (dHash {p.distance} bits apart)" if p.kind != "exact" else "")
+            for p in pairs.itertuples(index=False)
+        )
     out.append("")
     out.append(
-        "exact/near: duplicate pairs with an image in the source (dHash 16x16); "
+        "exact: identical files; near: dHash (16x16) within data.near_duplicate_distance; "
+        "re-crop: shifted crops of one picture (data.recrop_similarity); "
         "groups: units a split never cuts."
     )
     return "\n".join(out)

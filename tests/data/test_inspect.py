@@ -82,6 +82,7 @@ def test_format_table_is_fixed_width_with_total_and_problems(messy_collection, d
         "height",
         "exact",
         "near",
+        "re-crop",
         "groups",
     ]
     table = lines[: lines.index("")]
@@ -124,8 +125,19 @@ def test_inspect_real_collection(shared_data, real_config, real_collection):
     assert df.loc["all_idb1", "min_width"] == 2592
     assert df.loc["all_idb2", "exact_duplicate_pairs"] >= 1
     assert df.loc["jtsc", "exact_duplicate_pairs"] >= 1
-    assert df.loc["taleqani_all", "near_duplicate_pairs"] >= 2
+    # SOURCES.md: one identical pair and four overlapping re-crops in all_idb2, one identical
+    # pair in jtsc, two near-identical pairs in taleqani_all, nothing else
+    counts = df[["exact_duplicate_pairs", "near_duplicate_pairs", "recrop_pairs"]]
+    assert counts.loc["all_idb2"].tolist() == [1, 0, 4]
+    assert counts.loc["jtsc"].tolist() == [1, 0, 0]
+    assert counts.loc["taleqani_all"].tolist() == [0, 2, 0]
+    assert counts.drop(["all_idb2", "jtsc", "taleqani_all"]).to_numpy().sum() == 0
+    assert df.loc["all_idb2", "groups"] == 260 - 5
     assert "healthy images only" in df.loc["bccd", "problems"]
     assert df.loc["taleqani_all", "problems"] == ""
     text = format_inspect_table(df.reset_index())
     assert "1884" in text.splitlines()[text.splitlines().index("") - 1]
+    listed = text[text.index("Duplicate pairs"):].split("\n\n")[0].splitlines()[1:]
+    assert any("recrop" in line and "Im224_0.tif" in line and "Im258_0.tif" in line
+               and "95 bits" in line for line in listed)
+    assert len(listed) == 8
