@@ -525,7 +525,7 @@ def _validate(cfg: Config) -> None:
     if not 0.0 < d.crop_fraction <= 1.0:
         raise ConfigError(f"'data.crop_fraction' is {d.crop_fraction}; it must be in (0, 1].")
     tile_steps = (("data.tile.size_px", d.tile.size_px), ("data.tile.top_k", d.tile.top_k),
-                  ("data.tile.stride_px", d.tile.stride_px or 1))
+                  ("data.tile.stride_px", 1 if d.tile.stride_px is None else d.tile.stride_px))
     for name, value in tile_steps:
         if value < 1:
             raise ConfigError(f"'{name}' must be at least 1, got {value}.")

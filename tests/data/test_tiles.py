@@ -127,3 +127,25 @@ def test_fold_images_put_tile_scores_back_on_their_records():
     np.testing.assert_allclose(fold.test_probabilities(whole + per_tile), [0.9, 0.6, 0.3])
     with pytest.raises(ValueError, match="Expected 7 probabilities"):
         fold.test_probabilities(whole)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_crop_tile_and_stain_settings_are_validated():
+    from leukdx.config import ConfigError, load_config
+
+    cfg = load_config(overrides=["data.tile.sources=[all_idb1]", "data.tile.aggregate=topk",
+                                 "data.stain_normalize=macenko", "data.crop=center"])
+    assert cfg.data.tile.sources == ["all_idb1"] and cfg.data.tile.aggregate == "topk"
+    assert cfg.data.tile.label_tiles is False and cfg.data.crop_fraction == 0.5
+    for override, message in [
+        ("data.tile.aggregate=median", "'data.tile.aggregate' is 'median'"),
+        ("data.stain_normalize=vahadane", "'data.stain_normalize' is 'vahadane'"),
+        ("data.crop=random", "'data.crop' is 'random'"),
+        ("data.crop_fraction=1.5", "'data.crop_fraction' is 1.5"),
+        ("data.tile.size_px=0", "'data.tile.size_px' must be at least 1"),
+        ("data.tile.stride_px=0", "'data.tile.stride_px' must be at least 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides=[override])
