@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from leukdx.config import ConfigError, load_config, replace
 from leukdx.evaluation.ledger import FOLD_COLUMNS
+from leukdx.evaluation.runner import ResultsFolderError
 from leukdx.features import evaluate as feature_evaluate
 from leukdx.features import extract
 from leukdx.features.evaluate import (
@@ -109,6 +110,36 @@ def test_a_grid_of_feature_sets_gives_table10_rows_per_approach(
     assert table10["features"].tolist() == ["toy:pool"] * 3 + ["toy:fc"] * 3
     markdown = (out / "feature_space.md").read_text()
     assert _table_rows(markdown.split("\n\n", 2)[2]) == ["toy:pool", "toy:fc"] * 3
+
+
+def test_features_folders_refuse_another_configuration_and_extend_by_classifier(
+    tiny_collection, tmp_path, monkeypatch
+):
+    _label_features(monkeypatch)
+    out = tmp_path / "out"
+    first = run_feature_evaluation(
+        _tiny_config(tiny_collection, tmp_path, **{"features.classifiers": ["knn1"]}), out,
+        progress=False)
+    assert len(first) == 3 and (out / "config.yaml").is_file()
+    before = (out / "folds.csv").read_bytes()
+    bigger = _tiny_config(tiny_collection, tmp_path, **{"data.image_size": 48})
+    with pytest.raises(ResultsFolderError, match=r"\(data.image_size differ\)"):
+        run_feature_evaluation(bigger, out, progress=False)
+    assert (out / "folds.csv").read_bytes() == before
+    # another classifier is another configuration of the same folder: only it is fitted
+    fitted = []
+    real_fit = FeatureTrainer.fit_predict
+
+    def counting(self, cfg, *args, **kwargs):
+        fitted.append(cfg.features.classifiers[0])
+        return real_fit(self, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureTrainer, "fit_predict", counting)
+    both = run_feature_evaluation(_tiny_config(tiny_collection, tmp_path), out, progress=False)
+    assert fitted == ["logreg"] * 3 and len(both) == 6
+    forced = run_feature_evaluation(bigger, out, progress=False, force=True)
+    assert len(forced) == 6 and set(forced["config_hash"]).isdisjoint(set(both["config_hash"]))
+    assert len(list(out.glob("folds.*.csv"))) == 1
 
 
 def test_only_the_analysis_runs_without_classifiers(tiny_collection, tmp_path, monkeypatch):
