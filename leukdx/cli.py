@@ -148,8 +148,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     where_a = dict(parse_override(text) for text in args.where_a)
     where_b = dict(parse_override(text) for text in args.where_b)
     report = compare_result_dirs(args.a, args.b, metric=args.metric, where_a=where_a,
-                                 where_b=where_b, alpha=args.alpha)
+                                 where_b=where_b, alpha=args.alpha, n_boot=args.n_boot)
     print(report.text)
+    if args.out:
+        for path in report.write(args.out):
+            print(f"wrote {path}")
     return 0
 
 
@@ -257,11 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="statistical comparison of two results folders")
     p.add_argument("a", help="results folder (or folds.csv) A")
     p.add_argument("b", help="results folder (or folds.csv) B")
-    p.add_argument("--metric", default="mcc")
+    p.add_argument("--metric", default="mcc",
+                   help="metric to compare: accuracy, precision, recall, specificity, f1, mcc, "
+                        "kappa, roc_auc, balanced_accuracy (default mcc)")
     p.add_argument("--where-a", action="append", default=[], metavar="COLUMN=VALUE",
                    help="pick A's configuration in a grid ledger, e.g. strategy=mdft")
     p.add_argument("--where-b", action="append", default=[], metavar="COLUMN=VALUE")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples of the confidence intervals")
+    p.add_argument("--out", metavar="DIR",
+                   help="also write the comparison there (comparison.csv, intervals.csv, "
+                        "mcnemar_passes.csv, comparison.md)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("features", help="deep features + classic classifiers (Loey model 1)")
