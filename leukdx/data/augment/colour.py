@@ -66,6 +66,7 @@ LUMA = (0.299, 0.587, 0.114)
 
 def _matmul_channels(x, matrix: np.ndarray):
     """``x @ matrix`` over the last axis (pixels as row vectors)."""
+    x = tf.cast(x, tf.float32)
     return tf.tensordot(x, tf.constant(matrix, tf.float32), axes=[[-1], [0]])
 
 
