@@ -247,11 +247,27 @@ def _stained_mask(pixels: np.ndarray) -> np.ndarray:
     return ~np.any(od < _MACENKO_BETA, axis=-1)
 
 
+def _macenko_normalizer():
+    """torchstain's NumPy Macenko normalizer, with a faster least-squares solve.
+
+    torchstain unmixes the stains with ``np.linalg.lstsq(HE, Y)`` over every pixel, which
+    takes ~30 ms for a 64 x 64 image (LAPACK's SVD solver per call); for the full-rank 3 x 2
+    stain matrix the pseudo-inverse gives the same least-squares solution (to 1e-15) about
+    200x faster. Everything else is torchstain's.
+    """
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    class _FastMacenko(NumpyMacenkoNormalizer):
+        # overrides torchstain's private (name-mangled) ``__find_concentration``
+        def _NumpyMacenkoNormalizer__find_concentration(self, OD, HE):  # noqa: N802, N803
+            return np.linalg.pinv(HE) @ np.reshape(OD, (-1, 3)).T
+
+    return _FastMacenko()
+
+
 def _fit_macenko(
     images: np.ndarray, sources: Sequence[str] | None, seed: int
 ) -> dict[str, np.ndarray]:
-    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
-
     rng = np.random.default_rng(seed)
     n, h, w, _ = images.shape
     weights = _source_weights(n, sources)
@@ -276,7 +292,7 @@ def _fit_macenko(
             "pixels (all background). Use data.stain_normalize: reinhard or none."
         )
     pixels = pixels[:, None, :]
-    normalizer = NumpyMacenkoNormalizer()
+    normalizer = _macenko_normalizer()
     normalizer.fit(pixels, Io=_MACENKO_IO, alpha=_MACENKO_ALPHA, beta=_MACENKO_BETA)
     return {
         "stain_matrix": np.asarray(normalizer.HERef, np.float64),
@@ -286,9 +302,7 @@ def _fit_macenko(
 
 
 def _normalize_macenko(images: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
-    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
-
-    normalizer = NumpyMacenkoNormalizer()
+    normalizer = _macenko_normalizer()
     normalizer.HERef = np.asarray(values["stain_matrix"], np.float64)
     normalizer.maxCRef = np.asarray(values["max_concentrations"], np.float64)
     # back from the standard white to the reference's background colour
