@@ -90,3 +90,58 @@ def test_model_output_is_float32_under_mixed_policies(policy):
     out = model(np.full((1, 67, 67, 3), 128.0, "float32"), training=False)
     assert out.dtype == "float32" and out.shape == (1, 1)
     assert 0.0 <= float(np.asarray(out)[0, 0]) <= 1.0
+
+
+def test_auto_on_this_machine_follows_its_gpu_and_cpu_flags():
+    """No pretending: the real machine's devices and /proc/cpuinfo decide."""
+    import tensorflow as tf
+
+    from leukdx.precision import BF16_CPU_FLAGS, gpu_available, resolve_jit_compile
+
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert gpu_available() is has_gpu
+    if has_gpu:
+        assert resolve_precision("auto") == "mixed_float16"
+        assert resolve_jit_compile("auto") == "auto"
+    else:
+        bf16 = bool(BF16_CPU_FLAGS & cpu_flags())
+        assert resolve_precision("auto") == ("mixed_bfloat16" if bf16 else "float32")
+        assert resolve_jit_compile("auto") is False
+
+
+@pytest.mark.parametrize(
+    ("value", "gpu", "expected"),
+    [
+        ("auto", False, False),   # XLA measured several times slower on CPU
+        ("auto", True, "auto"),   # on a GPU Keras decides per model
+        ("true", False, True),
+        ("TRUE", True, True),
+        (True, False, True),
+        ("false", True, False),
+        (False, True, False),
+    ],
+)
+def test_resolve_jit_compile(machine, value, gpu, expected):
+    from leukdx.precision import resolve_jit_compile
+
+    machine(gpu, set())
+    assert resolve_jit_compile(value) == expected
+    assert type(resolve_jit_compile(value)) is type(expected)
+
+
+def test_unknown_jit_compile_names_the_setting():
+    from leukdx.precision import resolve_jit_compile
+
+    with pytest.raises(ValueError, match="train.jit_compile"):
+        resolve_jit_compile("sometimes")
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("auto", False), (True, True), (False, False)])
+def test_compiled_model_uses_the_resolved_jit_compile(machine, setting, expected):
+    from leukdx.config import TrainConfig
+    from leukdx.train import compile_model
+
+    machine(False, set())
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    compile_model(model, TrainConfig(jit_compile=setting, optimizer="adam"))
+    assert model.jit_compile is expected

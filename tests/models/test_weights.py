@@ -238,3 +238,32 @@ def test_alexnet_base_file_warns_that_the_dense_layers_stay_random(tmp_path):
                             67)
     assert any("fc6, fc7" in str(w.message) for w in caught)
     assert_same_weights(source.layers, backbone_layers(model))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+@pytest.mark.parametrize("name", ["mobilenet.weights.h5", "mobilenet_notop.h5"])
+def test_damaged_weights_file_is_called_corrupt_not_a_mismatch(tmp_path, damage, name):
+    spec = get_backbone("mobilenet_v3_small")
+    base = spec.build((32, 32, 3), weights="none")
+    path = tmp_path / name
+    if name.endswith(".weights.h5"):
+        base.save_weights(path)
+    else:
+        base.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\0junk" * 999)
+    target = spec.build((32, 32, 3), weights="none")
+    with pytest.raises(WeightsUnavailableError) as err:
+        load_pretrained(spec.base_layers(target), path, spec=spec, input_shape=(32, 32, 3))
+    message = str(err.value)
+    assert str(path) in message and "corrupt" in message and "model.weights" in message
+    assert "does not fit" not in message and "belongs to another" not in message
+
+
+def test_weights_of_another_backbone_still_do_not_fit(tmp_path):
+    path = tmp_path / "vgg16.weights.h5"
+    get_backbone("vgg16").build((32, 32, 3), weights="none").save_weights(path)
+    spec = get_backbone("mobilenet_v3_small")
+    target = spec.build((32, 32, 3), weights="none")
+    with pytest.raises(WeightsUnavailableError, match="does not fit backbone"):
+        load_pretrained(spec.base_layers(target), path, spec=spec, input_shape=(32, 32, 3))
