@@ -10,9 +10,21 @@ it is skipped *before* training, so a killed grid re-run with the same command l
 repeats nothing. Decoded images come from one :class:`~leukdx.data.pipeline.ImageCache` shared
 by every fold, run and configuration.
 
+A results folder holds one configuration (:func:`prepare_results_folder`): ``config.yaml``
+records it and every row carries the :func:`config_hash` of its grid point, so a re-run with
+another result-affecting setting stops with one line naming the differing keys (``force``
+archives the old ledger instead), and summaries and plots cover exactly the rows of the
+current plan. The work is split into a pure :func:`run_fold` (train and test one
+:class:`FoldTask`, no writes) and a driver, :func:`drive_folds`, that claims each fold
+(:meth:`~leukdx.evaluation.ledger.Ledger.try_claim`), runs it and alone appends its row; several
+processes driving one folder split the folds, and a parallel executor can hand ``run_fold``
+to its workers while its driver keeps the ledger.
+
 Output folder::
 
-    folds.csv               one row per (configuration, split, run): metrics, timings
+    config.yaml             the resolved configuration of the folder
+    folds.csv               one row per (configuration, split, run): metrics, timings, hash
+    folds.<time>.csv        ledgers set aside by force (with predictions.<time>/)
     leakage.json            source-confound report of every training set
     predictions/*.csv       path,label,probability,prediction per fold and run
     summary.csv, summary.md mean ± std per configuration and test source (LeukNet Tables 3-7)
