@@ -222,12 +222,13 @@ class ImageCache:
         for shape, pairs in by_shape.items():
             if len(shape) == 3:  # single images: normalise them as one batch
                 batch = np.stack([self._memory[b] for _, b in pairs])
-                for (new_key, _), arr in zip(pairs, normalize_images(batch, stain, workers=self.workers)):
+                normalised = normalize_images(batch, stain, workers=self.workers)
+                for (new_key, _), arr in zip(pairs, normalised):
                     self._store(new_key, arr)
             else:  # tile stacks: one batch per image
                 for new_key, base_key in pairs:
-                    self._store(new_key, normalize_images(self._memory[base_key], stain,
-                                                          workers=self.workers))
+                    stack = self._memory[base_key]
+                    self._store(new_key, normalize_images(stack, stain, workers=self.workers))
         self.normalize_count += len(missing)
         return out
 
