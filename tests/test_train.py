@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -272,3 +273,82 @@ def test_force_discards_a_finished_run(tiny_collection, tmp_path):
     assert not (out / "run.json").exists()
     history = out / "history.csv"
     assert not history.exists() or "0.5" not in history.read_text()  # old epochs discarded
+
+
+def _fake_finished_run(cfg, out: Path) -> dict[str, bytes]:
+    """A run folder as a finished 1-epoch run leaves it (contents of each file returned)."""
+    from leukdx.config import save_config
+    from leukdx.runinfo import write_json_atomic
+
+    save_config(cfg, out / "config.yaml")
+    write_json_atomic({"status": "finished", "epochs_planned": 1, "epochs_completed": 1},
+                      out / "run.json")
+    (out / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    (out / "model.keras").write_bytes(b"the trained model")
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_more_epochs_on_a_finished_run_are_refused_and_nothing_is_touched(tiny_collection,
+                                                                           tmp_path):
+    out = tmp_path / "run"
+    before = _fake_finished_run(_config(tiny_collection, tmp_path / "cache",
+                                        train={"epochs": 1}), out)
+    longer = _config(tiny_collection, tmp_path / "cache", train={"epochs": 3})
+    with pytest.raises(RunFolderError, match="finished 1 epochs.*train.epochs is now 3"):
+        train_run(longer, out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("sections", "error", "match"),
+    [
+        ({"model": {"backbone": "vgg61"}}, ConfigError, "vgg61"),
+        ({"model": {"backbone": "inception_v3"}}, ConfigError, "at least 75"),
+        ({"model": {"weights": "missing.weights.h5"}}, RuntimeError, "missing.weights.h5"),
+        ({"data": {"root": "no/such/folder"}}, ValueError, "no/such/folder"),
+    ],
+)
+def test_bad_inputs_are_refused_before_the_run_folder_is_made(tiny_collection, tmp_path,
+                                                               sections, error, match):
+    from leukdx.errors import LeukdxError
+
+    cfg = _config(tiny_collection, tmp_path / "cache", **sections)
+    out = tmp_path / "run"
+    with pytest.raises(error, match=match) as info:
+        train_run(cfg, out, progress=False)
+    assert isinstance(info.value, LeukdxError)
+    assert not out.exists()
+
+
+def test_a_failed_run_leaves_nothing_that_blocks_the_corrected_one(tiny_collection, tmp_path,
+                                                                   monkeypatch):
+    import leukdx.train as train_module
+
+    out = tmp_path / "run"
+    first = _config(tiny_collection, tmp_path / "cache", train={"epochs": 1})
+
+    def fail_to_build(*args, **kwargs):
+        raise RuntimeError("out of memory while building")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "build_compiled_model", fail_to_build)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train_run(first, out, progress=False)
+    assert not out.exists()  # created by the failed run, so removed with what it wrote
+
+    # A folder holding only the config of a run that never trained (as older versions left
+    # it) does not block another config either.
+    out.mkdir()
+    from leukdx.config import save_config
+
+    save_config(first, out / "config.yaml")
+    corrected = _config(tiny_collection, tmp_path / "cache",
+                        train={"epochs": 1, "learning_rate": 1e-4})
+    result = train_run(corrected, out, progress=False)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["epochs_completed"] == 1
+    assert result.precision == info["precision"] == "float32"
+    assert result.jit_compile is info["jit_compile"]
+    assert isinstance(info["jit_compile"], bool)
+    saved = json.loads(json.dumps(yaml.safe_load((out / "config.yaml").read_text())))
+    assert saved["train"]["learning_rate"] == pytest.approx(1e-4)
