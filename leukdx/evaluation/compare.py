@@ -323,7 +323,12 @@ def compare_result_dirs(
     per_source = compare_results(folds_a, folds_b, metric, pred_a, pred_b, alpha=alpha,
                                  by="test_source")
     intervals, passes = pd.DataFrame(), pd.DataFrame()
-    if pred_a is not None and pred_b is not None:
+    missing = [side for side, pred in (("A", pred_a), ("B", pred_b)) if pred is None]
+    if missing:
+        note = (f"side {' and '.join(missing)} has no predictions/ file for some folds "
+                "(evaluate.save_predictions), so McNemar's test and the bootstrap are skipped")
+        overall["notes"] = "; ".join(n for n in (overall["notes"], note) if n)
+    else:
         passes = mcnemar_per_pass(pred_a, pred_b).passes
         intervals = _intervals(align_predictions(pred_a, pred_b), metric, n_boot, alpha)
     text, markdown = _report(folds_a, folds_b, (ledger_a, ledger_b), overall, per_source,

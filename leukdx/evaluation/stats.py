@@ -713,7 +713,7 @@ def compare_results(
         >>> import pandas as pd
         >>> a = pd.DataFrame({"protocol": "lodo", "test_source": ["s1", "s2"], "fold": [0, 1],
         ...                   "run": 0, "mcc": [0.9, 0.8]})
-        >>> compare_results(a, a.assign(mcc=[0.7, 0.7]))["test"]
+        >>> compare_results(a, a.assign(mcc=[0.7, 0.6]))["test"]
         'paired'
     """
     if by is not None:

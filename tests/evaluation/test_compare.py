@@ -181,6 +181,16 @@ def test_an_unknown_metric_lists_the_valid_names(tmp_path, capsys):
     assert "Unknown metric 'auc'" in error and all(name in error for name in METRIC_NAMES)
 
 
+def test_without_predictions_the_image_tests_are_skipped_and_said_so(tmp_path):
+    write_results(tmp_path / "a", "mdft", noise=0.05, repeats=1, runs=2)
+    write_results(tmp_path / "b", "msft", noise=0.3, repeats=1, runs=2, side=1)
+    next((tmp_path / "b" / PREDICTIONS_DIR).iterdir()).unlink()
+    report = compare_result_dirs(tmp_path / "a", tmp_path / "b", n_boot=100)
+    assert report.intervals.empty and report.mcnemar.empty
+    assert "mcnemar_p" not in report.overall
+    assert "side B has no predictions/ file" in report.text
+
+
 def test_missing_ledger_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="No folds ledger"):
         compare_result_dirs(tmp_path / "nothing", tmp_path / "nothing")
