@@ -128,8 +128,8 @@ def assert_no_leakage(
     """Raise :class:`LeakageError` when any split shares images between training and test.
 
     For every split the training and test positions must share no record, and (for the
-    columns present) no ``path``, ``group`` or ``sha256``. Groups already encode near
-    duplicates; ``near_duplicate_distance`` additionally recomputes dHash near duplicates
+    columns present) no ``path``, ``group`` or ``sha256``; with an ``augmented`` column the test
+    set must hold no augmented copy. Groups already encode near duplicates and re-crops; ``near_duplicate_distance`` additionally recomputes dHash near duplicates
     across each split (slower; for audits). Validation sets, when given, must not touch the
     test set either.
 
@@ -165,6 +165,15 @@ def assert_no_leakage(
         problems = []
         for side, idx in sides:
             problems += _split_problems(records, idx, test, side, near_duplicate_distance)
+        if "augmented" in records.columns and test.size:
+            copies = test[records["augmented"].fillna(False).astype(bool).to_numpy()[test]]
+            if copies.size:
+                where = (f", e.g. {records['path'].iloc[int(copies[0])]}"
+                         if "path" in records.columns else "")
+                problems.append(
+                    f"{copies.size} augmented cop(ies) in the test set{where} (test sets hold "
+                    "originals only)"
+                )
         if problems:
             failures.append((split, problems))
     if failures:

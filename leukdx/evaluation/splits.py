@@ -13,8 +13,15 @@ model faces. This module builds the index pairs of every protocol:
 
 Indices are **positions** (0 .. n-1) into the records table (use ``records.iloc[idx]``), never
 index labels. No split ever cuts a group: the group is the unit of independence (identical and
-near-duplicate images, augmented copies, manifest groups), so every image of a group is on the
-same side.
+near-duplicate images, re-crops, augmented copies, manifest groups), so every image of a group
+is on the same side.
+
+Augmented collections (``leukdx data augment`` output, records column ``augmented``): test sets
+hold only originals. The copies of a training original are training data; the copies of a test
+original are in neither set (:func:`make_splits`).
+
+Linked sources (``evaluate.linked_sources``, e.g. ALL-IDB1 and ALL-IDB2, crops of the same
+slides): while one is tested, the others are left out of training (``lodo`` and ``external``).
 
 Pure NumPy / scikit-learn; no TensorFlow.
 
@@ -406,6 +413,7 @@ def external_splits(
     test_sources: Sequence[str],
     labels: Sequence[int] | np.ndarray | None = None,
     groups: Sequence[str] | np.ndarray | None = None,
+    linked_sources: Sequence[Sequence[str]] = (),
 ) -> list[Split]:
     """Train on some sources, test on each of the others (LeukNet Table 13, the UFG set).
 
@@ -421,6 +429,9 @@ def external_splits(
         test_sources: the external test sources.
         labels: 0/1 labels; when given, each training set must contain both classes.
         groups: group of each record; ``None``: every record its own group.
+        linked_sources: sets of sources that share slides or patients; a training source
+            linked to the test source is left out of that split's training (with a warning
+            when it was listed in ``train_sources``).
 
     Returns:
         One :class:`Split` per test source (``fold`` = its position).
@@ -463,10 +474,18 @@ def external_splits(
         raise ValueError(
             "external evaluation has no training sources left; list some in evaluate.train_sources."
         )
-    train_all = np.flatnonzero(np.isin(src, trains))
+    linked = _linked_map(linked_sources, dict.fromkeys(known))
     splits = []
     for fold, name in enumerate(tests):
         test_idx = np.flatnonzero(src == name)
+        left_out = sorted(linked.get(name, set()) & set(trains))
+        if left_out and train_sources is not None:
+            warnings.warn(
+                f"External test source '{name}' is linked to training source(s) "
+                f"{', '.join(left_out)} (evaluate.linked_sources: same slides or patients); "
+                "they are left out of its training set.", UserWarning, stacklevel=2,
+            )
+        train_all = np.flatnonzero(np.isin(src, [t for t in trains if t not in left_out]))
         train_idx = _drop_shared_groups(train_all, test_idx, grp)
         if y is not None:
             _check_both_classes(y[train_idx], f"The external training set for '{name}'")
@@ -553,6 +572,13 @@ def make_splits(
     The protocol may also be passed first, ``make_splits(protocol, records, evaluate_config,
     seed)``, to run a protocol other than the configured one.
 
+    When ``records`` has an ``augmented`` column (offline augmented copies), ``kfold`` and
+    ``holdout`` are drawn over the originals, the copies of each training original join the
+    training set, and every test set holds originals only (copies of a test original are
+    used nowhere). ``evaluate.linked_sources`` applies to ``lodo`` and ``external``; a pooled
+    ``kfold``/``holdout`` over several linked sources warns, as groups cannot tell which of
+    their images share a slide.
+
     Args:
         records: the records table (columns ``source``, ``label`` and, if present, ``group``).
         evaluate_config: a :class:`leukdx.config.EvaluateConfig`.
@@ -586,17 +612,67 @@ def make_splits(
     sources = records["source"].astype(str).to_numpy()
     labels = records["label"].to_numpy()
     groups = records["group"].astype(str).to_numpy() if "group" in records.columns else None
+    copies = _augmented_mask(records)
+    linked = getattr(ev, "linked_sources", None) or ()
     if protocol == "lodo":
-        return lodo_splits(sources, labels, groups, ev.test_sources, ev.linked_sources)
+        splits = lodo_splits(sources, labels, groups, ev.test_sources, linked)
+        return [_originals_in_test(s, copies) for s in splits]
     if protocol == "external":
-        return external_splits(sources, ev.train_sources, ev.test_sources or [], labels, groups)
+        splits = external_splits(
+            sources, ev.train_sources, ev.test_sources or [], labels, groups, linked
+        )
+        return [_originals_in_test(s, copies) for s in splits]
 
     def pooled(positions: np.ndarray) -> list[Split]:
-        g = None if groups is None else groups[positions]
+        # drawn over the originals; positions relative to ``positions`` as _within_sources wants
+        originals = np.flatnonzero(~copies[positions])
+        g = None if groups is None else groups[positions][originals]
+        y = labels[positions][originals]
         if protocol == "kfold":
-            return kfold_splits(labels[positions], g, ev.k, ev.repeats, seed)
-        return holdout_splits(labels[positions], g, ev.test_fraction, seed)
+            inner = kfold_splits(y, g, ev.k, ev.repeats, seed)
+        else:
+            inner = holdout_splits(y, g, ev.test_fraction, seed)
+        local_groups = None if groups is None else groups[positions]
+        return [_with_training_copies(s, originals, copies[positions], local_groups)
+                for s in inner]
 
     if ev.test_sources:
         return _within_sources(sources, [str(s) for s in ev.test_sources], pooled)
+    present = set(sources.tolist())
+    for members in linked:
+        together = sorted(present & {str(m) for m in members})
+        if len(together) > 1:
+            warnings.warn(
+                f"Pooled {protocol} mixes the linked sources {', '.join(together)} "
+                "(evaluate.linked_sources): images of one slide or patient may land on both "
+                "sides. Merge them (data.merge_sources) and use lodo, or test inside one source "
+                "(evaluate.test_sources).", UserWarning, stacklevel=2,
+            )
     return pooled(np.arange(len(records)))
+
+
+def _augmented_mask(records: pd.DataFrame) -> np.ndarray:
+    """True for offline augmented copies (records column ``augmented``; absent: none)."""
+    if "augmented" not in records.columns:
+        return np.zeros(len(records), dtype=bool)
+    return records["augmented"].fillna(False).astype(bool).to_numpy()
+
+
+def _originals_in_test(split: Split, copies: np.ndarray) -> Split:
+    """The split with augmented copies removed from its test set."""
+    if not copies.any():
+        return split
+    return replace(split, test_idx=split.test_idx[~copies[split.test_idx]])
+
+
+def _with_training_copies(split: Split, originals: np.ndarray, copies: np.ndarray,
+                          groups: np.ndarray | None) -> Split:
+    """A split drawn over ``originals`` (positions into the rows that ``copies`` and ``groups``
+    describe) mapped onto those rows, with the augmented copies of the training groups added to
+    training."""
+    train, test = originals[split.train_idx], originals[split.test_idx]
+    extra = np.flatnonzero(copies)
+    if extra.size and groups is not None:
+        extra = extra[np.isin(groups[extra], groups[train])]
+        train = np.union1d(train, extra)
+    return replace(split, train_idx=train, test_idx=test)

@@ -97,6 +97,17 @@ def test_near_duplicates_found_by_dhash_when_asked():
     assert_no_leakage(df, splits, near_duplicate_distance=2)
 
 
+def test_augmented_copies_in_a_test_set_are_leakage():
+    df = records_table().assign(augmented=False)
+    df.loc[4, "augmented"] = True  # a/4 is an augmented copy
+    clean = [Split("lodo", "a", 0, 0, np.arange(6, 18), np.arange(0, 4))]
+    assert_no_leakage(df, clean)
+    tested = [Split("lodo", "a", 0, 0, np.arange(6, 18), np.arange(0, 6))]
+    with pytest.raises(LeakageError, match=r"1 augmented cop\(ies\) in the test set, e.g. "
+                                           r"/data/a/4.png"):
+        assert_no_leakage(df, tested)
+
+
 def test_out_of_range_positions_are_an_error():
     df = records_table()
     with pytest.raises(ValueError, match="outside the 18 records"):

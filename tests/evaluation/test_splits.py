@@ -314,6 +314,20 @@ def grouped_records(draw):
     return pd.DataFrame(rows)
 
 
+def _lodo_should_fail(df: pd.DataFrame) -> bool:
+    """Whether lodo must refuse this table: no two-class source, or a test source whose
+    training set (other sources, minus groups shared with it) lacks a class."""
+    two_class = [s for s, part in df.groupby("source") if part.label.nunique() == 2]
+    if not two_class:
+        return True
+    for name in two_class:
+        test_groups = set(df.group[df.source == name])
+        train = df[(df.source != name) & ~df.group.isin(test_groups)]
+        if train.label.nunique() < 2:
+            return True
+    return False
+
+
 @settings(max_examples=40, deadline=None)
 @given(grouped_records(), st.integers(0, 2**16))
 def test_no_protocol_cuts_a_group(df, seed):
@@ -322,10 +336,13 @@ def test_no_protocol_cuts_a_group(df, seed):
     assume(min(per_class) >= 3)
     splits = kfold_splits(df.label, df.group, k=3, seed=seed)
     splits += holdout_splits(df.label, df.group, 0.3, seed=seed)
-    try:
-        splits += lodo_splits(df.source, df.label, df.group)
-    except ValueError:
-        pass  # no two-class source or a one-class training set in this draw
+    if _lodo_should_fail(df):
+        with pytest.raises(ValueError, match="both healthy and leukaemia|training set"):
+            lodo_splits(df.source, df.label, df.group)
+    else:
+        lodo = lodo_splits(df.source, df.label, df.group)
+        assert len(lodo) == sum(part.label.nunique() == 2 for _, part in df.groupby("source"))
+        splits += lodo
     for s in splits:
         assert np.intersect1d(s.train_idx, s.test_idx).size == 0
         assert not groups_of(groups, s.train_idx) & groups_of(groups, s.test_idx), s.name
@@ -338,35 +355,43 @@ def test_no_protocol_cuts_a_group(df, seed):
 # real data and import hygiene
 
 
-def manifest_records(root: Path) -> pd.DataFrame:
-    """A records-like table built from the MANIFEST.csv files of the shared collection."""
-    frames = []
-    for manifest in sorted(root.glob("*/MANIFEST.csv")):
-        m = pd.read_csv(manifest)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "path": [str(manifest.parent / f) for f in m["file"]],
-                    "label": (m["label"] == "leukemia").astype(int),
-                    "source": manifest.parent.name,
-                    "group": m["sha256"],
-                    "sha256": m["sha256"],
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
+@pytest.fixture(scope="module")
+def real_records(shared_data, tmp_path_factory) -> pd.DataFrame:
+    """The real collection grouped by leukdx itself (sha256, dHash and re-crop links)."""
+    from leukdx.config import DataConfig
+    from leukdx.data.records import load_collection
+
+    cache = tmp_path_factory.mktemp("splits_scan_cache")
+    return load_collection(shared_data, DataConfig(cache_dir=str(cache)), progress=False).records
+
+
+# SOURCES.md: overlapping re-crops of the same cells in ALL-IDB2 (32-95 dHash bits apart).
+RECROPS = [(222, 256), (224, 258), (225, 259), (227, 260)]
 
 
 @pytest.mark.real_data
-def test_lodo_on_the_real_collection(shared_data):
-    records = manifest_records(shared_data)
+def test_real_splits_keep_re_crops_together_and_do_not_leak(real_records):
+    records = real_records
     assert records.source.nunique() == 7
-    splits = make_splits(records, EvaluateConfig(protocol="lodo"), seed=42)
-    assert sorted(s.test_source for s in splits) == ["all_idb1", "all_idb2", "taleqani_all"]
+    position = {Path(p).name: k for k, p in enumerate(records.path)}
+    pairs = [(position[f"Im{a}_0.tif"], position[f"Im{b}_0.tif"]) for a, b in RECROPS]
+    lodo = make_splits(records, EvaluateConfig(protocol="lodo"), seed=42)
+    assert sorted(s.test_source for s in lodo) == ["all_idb1", "all_idb2", "taleqani_all"]
     healthy_only = {"bccd", "pbc", "jtsc", "cellavision_zheng"}
-    for s in splits:
+    for s in lodo:
         assert not healthy_only & set(records.source.to_numpy()[s.test_idx])
-    assert_no_leakage(records, splits)
+    pooled = make_splits(records, EvaluateConfig(protocol="kfold", k=5), seed=42)
+    pooled += make_splits(records, EvaluateConfig(protocol="holdout"), seed=42)
+    inside = make_splits(records, EvaluateConfig(protocol="kfold", k=5,
+                                                 test_sources=["all_idb2"]), seed=42)
+    for s in pooled + inside:
+        test = set(s.test_idx.tolist())
+        for a, b in pairs:
+            assert (a in test) == (b in test), (s.name, a, b)
+    _, val = validation_split(records.label, records.group, 0.25, seed=42)
+    for a, b in pairs:
+        assert (a in set(val.tolist())) == (b in set(val.tolist()))
+    assert_no_leakage(records, lodo + pooled + inside, near_duplicate_distance=12)
 
 
 def test_evaluation_modules_do_not_import_tensorflow():
@@ -403,3 +428,80 @@ def test_lodo_linked_sources_absent_from_the_data_are_ignored_with_a_warning():
         splits = lodo_splits(["a", "a", "b", "b"], [0, 1, 0, 1], linked_sources=[["a", "nope"]])
     assert [s.test_source for s in splits] == ["a", "b"]
     assert all(len(s.train_idx) == 2 for s in splits)
+
+
+# ---------------------------------------------------------------------------------------------
+# augmented collections and linked sources
+
+
+def augmented_records(copies: int = 2) -> pd.DataFrame:
+    """toy_records plus ``copies`` augmented copies of every image (same group)."""
+    base = toy_records().assign(augmented=False)
+    extra = [base.assign(augmented=True, path=base.path + f"__aug{c}") for c in range(1, copies + 1)]
+    return pd.concat([base, *extra], ignore_index=True)
+
+
+@pytest.mark.parametrize(
+    "ev",
+    [
+        EvaluateConfig(protocol="kfold", k=3, repeats=2),
+        EvaluateConfig(protocol="holdout", test_fraction=0.3),
+        EvaluateConfig(protocol="kfold", k=3, test_sources=["a", "b"]),
+        EvaluateConfig(protocol="lodo"),
+        EvaluateConfig(protocol="external", train_sources=["a", "h1"], test_sources=["b"]),
+    ],
+    ids=lambda ev: f"{ev.protocol}-{ev.test_sources}",
+)
+def test_augmented_copies_are_training_data_only(ev):
+    df = augmented_records()
+    copies = df.augmented.to_numpy()
+    groups = df.group.to_numpy()
+    splits = make_splits(df, ev, seed=3)
+    assert splits
+    for s in splits:
+        assert not copies[s.test_idx].any(), s.name
+        train_groups = set(groups[s.train_idx])
+        # every training original brings its copies; copies of test originals are unused
+        for g in train_groups:
+            assert copies[s.train_idx][groups[s.train_idx] == g].sum() == 2, (s.name, g)
+        assert not set(groups[s.test_idx]) & train_groups
+    if ev.protocol == "kfold" and not ev.test_sources:
+        # each original is tested exactly once per repeat, as without copies
+        for repeat in (0, 1):
+            tested = np.concatenate([s.test_idx for s in splits if s.repeat == repeat])
+            assert sorted(tested.tolist()) == np.flatnonzero(~copies).tolist()
+
+
+def test_without_augmented_copies_splits_are_unchanged():
+    df = toy_records()
+    ev = EvaluateConfig(protocol="kfold", k=3)
+    plain = make_splits(df, ev, seed=1)
+    marked = make_splits(df.assign(augmented=False), ev, seed=1)
+    assert [s.test_idx.tolist() for s in plain] == [s.test_idx.tolist() for s in marked]
+    direct = kfold_splits(df.label, df.group, k=3, seed=1)
+    assert [s.test_idx.tolist() for s in plain] == [s.test_idx.tolist() for s in direct]
+
+
+def test_external_leaves_linked_sources_out_of_training():
+    c = toy_records().query("source == 'a'").assign(source="c")
+    df = pd.concat([toy_records(), c.assign(group=c.group + "c")], ignore_index=True)
+    src = df.source.to_numpy()
+    linked = [["a", "b"]]
+    (default,) = external_splits(df.source, None, ["b"], df.label, df.group, linked)
+    assert set(src[default.train_idx]) == {"c", "h1", "h2"}
+    with pytest.warns(UserWarning, match="linked to training source.*a"):
+        (listed,) = external_splits(df.source, ["a", "c", "h1"], ["b"], df.label, df.group,
+                                    linked)
+    assert set(src[listed.train_idx]) == {"c", "h1"}
+    unlinked = external_splits(df.source, None, ["b"], df.label, df.group)
+    assert "a" in set(src[unlinked[0].train_idx])
+    via_config = make_splits(
+        df, EvaluateConfig(protocol="external", test_sources=["b"], linked_sources=linked), 0
+    )
+    assert set(src[via_config[0].train_idx]) == {"c", "h1", "h2"}
+
+
+def test_pooled_kfold_over_linked_sources_warns():
+    df = toy_records()
+    with pytest.warns(UserWarning, match="linked sources a, b"):
+        make_splits(df, EvaluateConfig(protocol="kfold", k=3, linked_sources=[["a", "b"]]), 0)
