@@ -665,8 +665,9 @@ def _corrected(
     notes = []
     if not has_n_val:
         notes.append(
-            "folds.csv has no n_val column, so its n_train may count validation images that "
-            "were not fitted, which makes the correction too small (re-evaluate to record n_val)"
+            "folds.csv has no n_val column (or blank values), so its n_train may count "
+            "validation images that were not fitted, which makes the correction too small "
+            "(re-evaluate to record n_val)"
         )
     return result, sizes, notes
 
@@ -734,7 +735,11 @@ def compare_results(
     for name, df in (("folds_a", folds_a), ("folds_b", folds_b)):
         if metric not in df.columns:
             raise ValueError(f"{name} has no '{metric}' column.")
-    has_n_val = "n_val" in folds_a.columns and "n_val" in folds_b.columns
+    # ledgers of one header may leave n_val blank in rows written before it was recorded
+    has_n_val = all(
+        "n_val" in f.columns and pd.to_numeric(f["n_val"], errors="coerce").notna().all()
+        for f in (folds_a, folds_b)
+    )
     folds_a, folds_b = _with_default_repeat(folds_a), _with_default_repeat(folds_b)
     keys = [c for c in ALIGN_COLUMNS if c in folds_a.columns and c in folds_b.columns]
     if keys == ["repeat"]:

@@ -304,6 +304,8 @@ def test_repeated_kfold_with_runs_aligns_on_repeat_and_corrects_over_splits():
     # a ledger without n_val may count validation images in n_train: said so
     old = compare_results(a.drop(columns="n_val"), b.drop(columns="n_val"))
     assert "no n_val column" in old["notes"]
+    blank = compare_results(a.assign(n_val=np.nan), b)
+    assert "no n_val column" in blank["notes"]
 
 
 def test_kfold_inside_several_sources_is_corrected_per_source_only():
