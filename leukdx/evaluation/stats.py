@@ -321,7 +321,8 @@ def align_predictions(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFram
     image = next((c for c in IMAGE_COLUMNS if c in pred_a.columns and c in pred_b.columns), None)
     if image is None:
         raise ValueError(
-            "predictions_a and predictions_b need a shared 'sha256' or 'path' column to pair images."
+            "predictions_a and predictions_b need a shared 'sha256' or 'path' column to pair "
+            "images."
         )
     pred_a, pred_b = _with_default_repeat(pred_a), _with_default_repeat(pred_b)
     keys = [image] + [c for c in ALIGN_COLUMNS if c in pred_a.columns and c in pred_b.columns]
