@@ -15,6 +15,10 @@ with ``data.layout`` / ``data.layouts.<source>``):
     a CSV file (``data.manifest``) with columns ``path,label[,group][,origin]``; ``label`` is
     ``0``/``1`` or a class name, ``group`` ties images that must stay together (a patient, the
     augmented copies of one original) and ``origin`` names the file a copy was made from.
+    An optional ``copy`` column (0: original, 1, 2, ...: augmented copy) marks augmented
+    copies, which splits use as training data only (records column ``augmented``); without
+    it, a file with an ``origin`` named ``<stem>__augK`` (K > 0, as ``leukdx data augment``
+    writes) is a copy.
 
 Auto-detection tries them in that order: class sub-folders win, and a manifest only counts
 when it has a ``path`` column (so a descriptive ``MANIFEST.csv`` with other columns beside
@@ -84,6 +88,7 @@ COLUMNS: tuple[str, ...] = (
     "width",
     "height",
     "format",
+    "augmented",
 )
 LAYOUTS: tuple[str, ...] = ("folders", "allidb", "manifest")
 LABEL_NAMES = {0: "healthy", 1: "leukaemia"}
@@ -108,7 +113,7 @@ class Collection:
 
     Attributes:
         records: one row per image, columns :data:`COLUMNS` (path, label, source, group,
-            sha256, dhash, width, height, format), sorted by source then path.
+            sha256, dhash, width, height, format, augmented), sorted by source then path.
         skipped: ``(path, reason)`` of unreadable files skipped under
             ``data.on_bad_image: skip``.
         layouts: source → layout used (``folders``, ``allidb``, ``manifest``; merged sources
@@ -302,6 +307,7 @@ class SourceFile:
     source: str
     group: str | None = None
     origin: str | None = None
+    augmented: bool = False
 
 
 def _list_folders(folder: Path, source: str, data_config: DataConfig) -> list[SourceFile]:
@@ -402,8 +408,30 @@ def _list_manifest(folder: Path, source: str, data_config: DataConfig) -> list[S
         if origin is not None and not os.path.isabs(origin):
             origin = str(folder / origin)
         group = str(row.get("group", "") or "").strip() or None
-        items.append(SourceFile(str(path), label, source, group, origin))
+        augmented = _is_augmented_copy(row, path, origin)
+        items.append(SourceFile(str(path), label, source, group, origin, augmented))
     return items
+
+
+# `leukdx data augment` names the original `<stem>__aug0` and its copies `__aug1`, `__aug2`, ...
+_AUGMENTED_STEM = re.compile(r"__aug(\d+)$")
+
+
+def _is_augmented_copy(row: dict, path: Path, origin: str | None) -> bool:
+    """An offline augmented copy (test sets hold originals only): the manifest's ``copy``
+    column is above 0, or, without that column, a file with an ``origin`` named ``__augK``
+    with K above 0."""
+    copy = str(row.get("copy", "") or "").strip()
+    if copy:
+        try:
+            return float(copy) > 0
+        except ValueError:
+            raise DataError(
+                f"Manifest column 'copy' of '{path}' is '{copy}'; it must be 0 for an "
+                "original or the number of an augmented copy."
+            ) from None
+    match = _AUGMENTED_STEM.search(path.stem)
+    return origin is not None and match is not None and int(match.group(1)) > 0
 
 
 def list_source_files(
@@ -682,6 +710,7 @@ def load_collection(
                 "height": height,
                 "format": fmt,
                 "origin": it.origin,
+                "augmented": it.augmented,
             }
         )
     if not rows:
@@ -723,7 +752,9 @@ def load_collection(
         records = _subsample(records, data_config.max_per_class, seed)
 
     records = records.sort_values(["source", "path"], kind="stable").reset_index(drop=True)
-    records = records[list(COLUMNS)].astype({"label": "int64", "width": "int64", "height": "int64"})
+    records = records[list(COLUMNS)].astype(
+        {"label": "int64", "width": "int64", "height": "int64", "augmented": bool}
+    )
     check_source_settings(records, data_config)
     log.info("Loaded %d images from %d source(s) in %s", len(records), len(layouts), root_path)
     return Collection(

@@ -505,3 +505,45 @@ def test_pooled_kfold_over_linked_sources_warns():
     df = toy_records()
     with pytest.warns(UserWarning, match="linked sources a, b"):
         make_splits(df, EvaluateConfig(protocol="kfold", k=3, linked_sources=[["a", "b"]]), 0)
+
+
+@pytest.mark.parametrize("with_copy_column", [True, False])
+def test_augmented_collection_on_disk_tests_originals_only(tmp_path, with_copy_column):
+    """A manifest like `leukdx data augment` writes: `<stem>__augK` files with an origin."""
+    from PIL import Image
+
+    from leukdx.config import DataConfig
+    from leukdx.data.records import load_collection
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for source in ("s1", "s2"):
+        folder = tmp_path / "aug" / source
+        (folder / "images").mkdir(parents=True)
+        for n in range(8):
+            for copy in range(3):
+                name = f"images/im{n}__aug{copy}.png"
+                pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / name)
+                rows.append((source, name, n % 2, f"{source}-{n}", f"/orig/{source}/im{n}.png",
+                             copy))
+    for source in ("s1", "s2"):
+        table = pd.DataFrame(
+            [r[1:] for r in rows if r[0] == source],
+            columns=["path", "label", "group", "origin", "copy"],
+        )
+        if not with_copy_column:
+            table = table.drop(columns="copy")
+        table.to_csv(tmp_path / "aug" / source / "manifest.csv", index=False)
+    records = load_collection(
+        tmp_path / "aug", DataConfig(cache_dir="", recrop_similarity=None), progress=False
+    ).records
+    expected = records.path.str.contains("__aug0") == False  # noqa: E712
+    assert records.augmented.tolist() == expected.tolist()
+    for ev in (EvaluateConfig(protocol="kfold", k=2), EvaluateConfig(protocol="lodo")):
+        for s in make_splits(records, ev, seed=0):
+            assert not records.augmented.to_numpy()[s.test_idx].any()
+            assert records.augmented.to_numpy()[s.train_idx].sum() == 2 * (
+                ~records.augmented.to_numpy()[s.train_idx]
+            ).sum()
+        assert_no_leakage(records, make_splits(records, ev, seed=0))
