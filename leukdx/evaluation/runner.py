@@ -1081,8 +1081,6 @@ def _train_claimed(out, ledger, task, trainer, cache, progress_report) -> None:
     result = run_fold(task, trainer, cache)
     _write_fold(out, ledger, task, result)
     progress_report.fold_done(task, result.row, time.perf_counter() - start)
-    log.info("%s: accuracy %.3f, MCC %.3f", task.label, result.row["accuracy"],
-             result.row["mcc"])
 
 
 def drive_folds(

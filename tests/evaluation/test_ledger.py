@@ -178,6 +178,10 @@ def test_a_torn_last_line_is_ignored_then_repaired(tmp_path):
     text = ledger.path.read_text()
     assert text.startswith(complete) and torn + "\n" not in text
     assert len(ledger.read()) == 2 and ledger.has(keys[1])
+    with open(ledger.path, "a") as fh:
+        fh.write(torn)
+    ledger.compact()  # rewrites complete rows only
+    assert ledger.path.read_text() == text and _visible(tmp_path) == ["folds.csv"]
 
 
 _APPEND_WORKER = """
