@@ -8,9 +8,14 @@ and the data commands that do not need TensorFlow start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -87,11 +92,12 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
 
 
 def cmd_data_tfds(args: argparse.Namespace) -> int:
-    from leukdx.data.tfds import build_tfds_collection
+    from leukdx.data.tfds import build_tfds_collection, describe_tfds_dataset
 
     cfg = _config(args)
-    info = build_tfds_collection(args.root, args.data_dir, name=args.name, data_config=cfg.data)
-    print(info)
+    builder = build_tfds_collection(args.root, args.data_dir, name=args.name,
+                                    data_config=cfg.data)
+    print(describe_tfds_dataset(builder))
     return 0
 
 
@@ -170,17 +176,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from leukdx.export import export_run
 
     written = export_run(args.run_dir, formats=args.format, out=args.out,
-                         quantize=not args.no_quantize)
+                         quantize=not args.no_quantize, evaluation=args.results)
     print(written.summary())
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from leukdx.predict import predict_paths
+    from leukdx.predict import DEFAULT_OUTPUT, default_output_path, predict_paths
 
-    result = predict_paths(args.model, args.paths, out=args.out, batch_size=args.batch_size,
+    out = Path(args.out) if args.out else default_output_path()
+    if not args.out and out.name != DEFAULT_OUTPUT:
+        print(f"{DEFAULT_OUTPUT} exists; writing {out.name} instead (--out chooses the file)",
+              file=sys.stderr)
+    result = predict_paths(args.model, args.paths, out=out, batch_size=args.batch_size,
                            threshold=args.threshold)
-    print(f"{result.n_predicted} images predicted -> {result.csv_path}")
+    print(f"{result.n_predicted} images predicted -> {Path(result.csv_path).absolute()}")
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return 0
@@ -189,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from leukdx.explain import explain_paths
 
-    for path in explain_paths(args.model, args.images, out=args.out):
+    for path in explain_paths(args.model, args.images, out=args.out, target=args.explain_class):
         print(path)
     return 0
 
@@ -286,12 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["savedmodel", "tflite", "keras"])
     p.add_argument("--out", help="export folder (default <run_dir>/export)")
     p.add_argument("--no-quantize", action="store_true", help="skip the quantised TFLite model")
+    p.add_argument("--results", metavar="DIR",
+                   help="results folder of `leukdx evaluate` (e.g. results/NAME with a LODO "
+                        "summary.csv) whose cross-dataset results go into the model card")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="P(leukaemia) for image files or folders -> CSV")
     p.add_argument("model", help=".keras file, run folder or exported SavedModel folder")
     p.add_argument("paths", nargs="+", help="image files or folders (recursive)")
-    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--out", help="CSV to write (default ./predictions.csv, or "
+                                 "predictions_2.csv... when it exists: never overwritten)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threshold", type=float, default=None, help="default: the model's own")
     p.set_defaults(func=cmd_predict)
@@ -300,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=".keras file or run folder")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--class", dest="explain_class", default="predicted",
+                   choices=["leukaemia", "healthy", "predicted"],
+                   help="whose evidence to show (default: each image's predicted class)")
     p.set_defaults(func=cmd_explain)
     return parser
 
@@ -340,6 +357,70 @@ def _is_expected(exc: BaseException) -> bool:
     )
 
 
+# TensorFlow's C++ start-up messages (oneDNN, "Could not find cuda drivers") are logged through
+# absl before absl::InitializeLog() runs, when absl ignores TF_CPP_MIN_LOG_LEVEL and writes them
+# all to stderr -- twice, as TensorFlow's profiler plugin library carries its own copy of absl.
+# The CLI captures them while tensorflow is imported and replays what the level lets through.
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
+_ABSL_LINE = re.compile(r"^([IWEF])\d{4} ")
+
+
+def _native_log_to_show(text: str, min_level: int) -> str:
+    """``text`` without absl's preamble and the absl-formatted lines below ``min_level``
+    (TF_CPP_MIN_LOG_LEVEL: 1 hides INFO, 2 also WARNING, 3 also ERROR; FATAL always shows)."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(_ABSL_PREAMBLE):
+            continue
+        match = _ABSL_LINE.match(line)
+        if match and "IWEF".index(match.group(1)) < min(min_level, 3):
+            continue
+        kept.append(line)
+    return "".join(kept)
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr():
+    """Capture what C/C++ code writes to file descriptor 2; replay it filtered at the end."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip()
+    level = int(level) if level.isdigit() else 0
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            sys.stderr.write(_native_log_to_show(capture.read().decode("utf-8", "replace"),
+                                                 level))
+            sys.stderr.flush()
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import hook: the first ``import tensorflow`` (wherever a command does it) runs under
+    :func:`_filtered_native_stderr`; commands that never import TensorFlow pay nothing."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _filtered_native_stderr():
+            self._loader.exec_module(module)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``leukdx`` command line.
 
@@ -359,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         0
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
     argv, verbose = _split_verbose(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     verbose = verbose or bool(args.verbose)

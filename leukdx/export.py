@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leukdx.data.decode import BadImageError, is_image_file, load_image, read_image
+from leukdx.io import atomic_write_bytes, atomic_write_json
 from leukdx.predict import (
     CLASS_NAMES,
     SAVED_MODEL_DIR,
@@ -76,7 +77,7 @@ from leukdx.predict import (
     collect_image_paths,
     load_keras_model,
 )
-from leukdx.runinfo import read_json, write_json_atomic
+from leukdx.runinfo import read_json
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import keras
@@ -174,6 +175,13 @@ class ExportResult(list):
                 + ("" if tol is None else f" (tolerance {tol:g})")
                 + verdict
             )
+        evaluation = self.card.get("evaluation", {})
+        if "cross_dataset" in evaluation:
+            lines.append(f"  model card: cross-dataset results from "
+                         f"{evaluation['cross_dataset']['summary']}")
+        else:
+            lines.append("  model card: validation metrics only (add --results results/NAME "
+                         "for cross-dataset results)")
         return "\n".join(lines)
 
 
@@ -397,7 +405,7 @@ def export_savedmodel(
         "signatures": signature_docs(spec),
         **(metadata or {}),
     }
-    write_json_atomic(info, path / SERVING_METADATA)
+    atomic_write_json(info, path / SERVING_METADATA)
     return path
 
 
@@ -433,12 +441,7 @@ def export_tflite(
         if quantize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         content = converter.convert()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, content)
 
 
 def load_tflite_interpreter(path: str | os.PathLike):

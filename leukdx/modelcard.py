@@ -6,8 +6,10 @@ the exported files (Mitchell et al. 2019, "Model Cards for Model Reporting"). It
 * the model: backbone, strategy, head, input size, preprocessing, threshold, class names;
 * training: sources and class counts, validation, epochs, seed (from the run's ``run.json``
   and ``config.yaml``);
-* evaluation: the best validation epoch of the run, and, when an evaluation folder is given
-  or found, the cross-dataset results of its ``summary.csv`` (e.g. leave-one-dataset-out);
+* evaluation: the best validation epoch of the run (epochs numbered from 0, as in
+  ``history.csv``), and the cross-dataset results of an evaluation's ``summary.csv`` (e.g.
+  leave-one-dataset-out) given with ``leukdx export RUN --results results/NAME`` or found in
+  the run folder; without them the card says that only validation metrics are known;
 * the exported files, their signatures and a client snippet needing only TensorFlow;
 * the measured agreement of each exported file with the Keras model;
 * intended use and limitations.
@@ -22,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -31,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from leukdx.io import atomic_write_json, atomic_write_text, json_safe
 from leukdx.predict import CLASS_NAMES
-from leukdx.runinfo import read_json, software_versions, write_json_atomic
+from leukdx.runinfo import read_json, software_versions
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from leukdx.export import ServingSpec
@@ -251,10 +253,18 @@ def _evaluation_facts(
     summary_path = find_evaluation_summary(evaluation, loaded.run_dir)
     if summary_path is not None:
         summary = pd.read_csv(summary_path)
-        facts["cross_dataset"] = {"summary": str(summary_path),
-                                  "rows": _evaluation_rows(summary, loaded)}
-    if not facts:
-        facts["note"] = "No evaluation results were found for this model."
+        rows = _evaluation_rows(summary, loaded)
+        protocols = sorted({str(r["protocol"]) for r in rows if r.get("protocol")})
+        facts["cross_dataset"] = {"summary": str(summary_path), "protocols": protocols,
+                                  "rows": rows}
+    else:
+        facts["note"] = (
+            "No cross-dataset results are attached: the metrics above come from validation "
+            "images of the training sources and overstate accuracy on other sources. Attach "
+            "an evaluation with `leukdx export RUN --results results/NAME` (a folder written "
+            "by `leukdx evaluate`, e.g. with protocol lodo)."
+            if facts else "No evaluation results were found for this model."
+        )
     return facts
 
 
@@ -393,12 +403,15 @@ def render_markdown(card: dict[str, Any]) -> str:
     out += ["", "## Evaluation", ""]
     if "validation" in e:
         v = e["validation"]
-        out += [f"Validation ({v['what']}), epoch {v.get('epoch')}:", ""]
+        out += [f"Validation ({v['what']}), epoch {v.get('epoch')} (from 0, as in "
+                "history.csv):", ""]
         out += _table(["metric", "value"], sorted(v["metrics"].items()))
         out.append("")
     if "cross_dataset" in e:
         rows = e["cross_dataset"]["rows"]
-        out += [f"Cross-dataset results from `{e['cross_dataset']['summary']}` (mean ± std):", ""]
+        protocols = ", ".join(e["cross_dataset"].get("protocols") or []) or "unknown protocol"
+        out += [f"Cross-dataset results ({protocols}) from `{e['cross_dataset']['summary']}` "
+                "(mean ± std over folds and runs; each row tests on a source):", ""]
         if rows:
             keys = [k for k in ("protocol", "test_source", "n") if k in rows[0]]
             metrics = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")]
@@ -454,9 +467,7 @@ def write_model_card(card: dict[str, Any], out_dir: str | os.PathLike) -> tuple[
         ``(json_path, markdown_path)``.
     """
     out_dir = Path(out_dir)
-    json_path = write_json_atomic(card, out_dir / CARD_JSON)
-    md_path = out_dir / CARD_MARKDOWN
-    tmp = md_path.with_name(f".{md_path.name}.tmp")
-    tmp.write_text(render_markdown(json.loads(json_path.read_text())))
-    os.replace(tmp, md_path)
+    plain = json_safe(card)  # the Markdown shows exactly what the JSON holds
+    json_path = atomic_write_json(plain, out_dir / CARD_JSON)
+    md_path = atomic_write_text(out_dir / CARD_MARKDOWN, render_markdown(plain))
     return json_path, md_path

@@ -477,3 +477,50 @@ def test_check_images_default_to_the_runs_sources(shared_data, tmp_path):
     # Without a reachable data root there is nothing to check on, and the card says so.
     cfg.data.root = str(tmp_path / "missing")
     assert check_images(loaded, None, n=8)[0] == []
+
+
+def test_cli_export_results_attaches_cross_dataset_results(tmp_path, synthetic_files, capsys):
+    """`leukdx export RUN --results DIR` puts the LODO summary into the card; without it the
+    card says that only validation metrics are known. Card files get ordinary permissions."""
+    import pandas as pd
+
+    from leukdx.cli import main
+
+    calibration = np.stack([load_image(p, SIZE) for p in synthetic_files.values()])
+    run = make_run(tmp_path / "run", calibration)
+    results = tmp_path / "results" / "lodo_alexnet"
+    results.mkdir(parents=True)
+    pd.DataFrame(
+        {"backbone": ["alexnet"] * 2, "strategy": ["mdft"] * 2, "protocol": ["lodo"] * 2,
+         "test_source": ["all_idb2", "taleqani_all"], "n": [3, 3],
+         "accuracy_mean": [0.61, 0.55], "accuracy_std": [0.04, 0.02],
+         "mcc_mean": [0.2, 0.1], "mcc_std": [0.05, 0.03]}
+    ).to_csv(results / "summary.csv", index=False)
+
+    plain, attached = tmp_path / "plain", tmp_path / "attached"
+    assert main(["export", str(run), "--format", "keras", "--out", str(plain)]) == 0
+    assert "validation metrics only" in capsys.readouterr().out
+    assert main(["export", str(run), "--format", "keras", "--out", str(attached),
+                 "--results", str(results)]) == 0
+    assert f"cross-dataset results from {results / 'summary.csv'}" in capsys.readouterr().out
+
+    card = json.loads((attached / "model_card.json").read_text())
+    cross = card["evaluation"]["cross_dataset"]
+    assert cross["protocols"] == ["lodo"]
+    assert [(r["test_source"], r["accuracy_mean"]) for r in cross["rows"]] == [
+        ("all_idb2", 0.61), ("taleqani_all", 0.55)]
+    markdown = (attached / "model_card.md").read_text()
+    assert "Cross-dataset results (lodo)" in markdown and "0.6100 ± 0.0400" in markdown
+    assert "epoch 2 (from 0, as in history.csv)" in markdown
+
+    without = json.loads((plain / "model_card.json").read_text())["evaluation"]
+    assert "cross_dataset" not in without
+    assert "--results results/NAME" in without["note"]
+    assert "No cross-dataset results" in (plain / "model_card.md").read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model_card.json", "model_card.md"):
+        assert (attached / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert main(["export", str(run), "--format", "keras", "--out", str(plain),
+                 "--results", str(tmp_path / "nowhere")]) == 2
+    assert "No summary.csv at" in capsys.readouterr().err
