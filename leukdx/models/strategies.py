@@ -52,7 +52,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from leukdx.models.backbones import BackboneSpec, get_backbone
-from leukdx.models.weights import load_pretrained, normalize_weights, resolve_weights
+from leukdx.models.weights import (
+    check_pretrain_info,
+    load_pretrained,
+    normalize_weights,
+    resolve_weights,
+)
 
 __all__ = [
     "PREDICTION_LAYER",
@@ -142,7 +147,7 @@ def build_sft(model_config, image_size: int, augmentation=None):
             f"which has {n_blocks} blocks ({', '.join(spec.blocks)}); use 0 to {n_blocks}."
         )
     return _assemble(spec, "sft", image_size, model_config.weights, augmentation,
-                     original_top=True, frozen_blocks=frozen)
+                     original_top=True, frozen_blocks=frozen, norm=_norm(model_config))
 
 
 @register_strategy("dft")
@@ -150,7 +155,7 @@ def build_dft(model_config, image_size: int, augmentation=None):
     """Deep fine-tuning: original dense layers; every layer trained."""
     spec = get_backbone(model_config.backbone)
     return _assemble(spec, "dft", image_size, model_config.weights, augmentation,
-                     original_top=True, frozen_blocks=0)
+                     original_top=True, frozen_blocks=0, norm=_norm(model_config))
 
 
 @register_strategy("msft")
@@ -158,7 +163,8 @@ def build_msft(model_config, image_size: int, augmentation=None):
     """Modified shallow fine-tuning: a new head on a frozen convolutional base."""
     spec = get_backbone(model_config.backbone)
     return _assemble(spec, "msft", image_size, model_config.weights, augmentation,
-                     head=head_layout(spec, model_config.head), frozen_blocks=len(spec.blocks))
+                     head=head_layout(spec, model_config.head), frozen_blocks=len(spec.blocks),
+                     norm=_norm(model_config))
 
 
 @register_strategy("mdft")
@@ -166,7 +172,12 @@ def build_mdft(model_config, image_size: int, augmentation=None):
     """Modified deep fine-tuning (LeukNet): a new head; every layer trained."""
     spec = get_backbone(model_config.backbone)
     return _assemble(spec, "mdft", image_size, model_config.weights, augmentation,
-                     head=head_layout(spec, model_config.head), frozen_blocks=0)
+                     head=head_layout(spec, model_config.head), frozen_blocks=0,
+                     norm=_norm(model_config))
+
+
+def _norm(model_config) -> str:
+    return getattr(model_config, "norm", "batch")
 
 
 def head_layout(spec: BackboneSpec, head_config=None) -> list[tuple[int, float]]:
@@ -238,12 +249,13 @@ SCRATCH_BN_MOMENTUM = 0.9
 def _assemble(spec: BackboneSpec, strategy: str, image_size: int,
               weights: str | os.PathLike | None, augmentation,
               *, original_top: bool = False, head: Sequence[tuple[int, float]] = (),
-              frozen_blocks: int = 0):
+              frozen_blocks: int = 0, norm: str = "batch"):
     import keras
 
     from leukdx.models.layers import Preprocess, use_inference_batchnorm
 
     spec.check_size(image_size)
+    spec.check_norm(norm, weights)
     size = int(image_size)
     weights = normalize_weights(weights)
     dense_top = original_top and bool(spec.dense_top)
@@ -267,7 +279,7 @@ def _assemble(spec: BackboneSpec, strategy: str, image_size: int,
     inputs = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
     x = augmentation(inputs) if augmentation is not None else inputs
     x = Preprocess(spec.preprocess_mode, name=PREPROCESS_LAYER)(x)
-    base = spec.build((size, size, 3), weights=None, input_tensor=x)
+    base = spec.build((size, size, 3), weights=None, input_tensor=x, norm=norm)
     base_layers = spec.base_layers(base, x)
 
     x = base.output
@@ -294,8 +306,9 @@ def _assemble(spec: BackboneSpec, strategy: str, image_size: int,
 
     weights_file = top_file or base_file
     if weights_file is not None:
+        check_pretrain_info(weights_file, spec.name, norm)
         loaded = load_pretrained(base_layers, weights_file, top_layers, spec=spec,
-                                 input_shape=(size, size, 3))
+                                 input_shape=(size, size, 3), norm=norm)
         if dense_top and weights != "imagenet" and len(loaded) < len(top_layers):
             warnings.warn(
                 f"model.weights={weights} holds no weights for the dense layers "

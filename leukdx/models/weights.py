@@ -38,9 +38,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "IMAGENET_HOST",
+    "PRETRAIN_INFO",
     "WEIGHT_FILE_SUFFIXES",
     "WeightsFile",
     "WeightsUnavailableError",
+    "check_pretrain_info",
     "keras_models_dir",
     "load_pretrained",
     "network_available",
@@ -185,12 +187,44 @@ def _imagenet_file(spec: BackboneSpec, include_top: bool) -> str:
         ) from exc
 
 
+# File that ``leukdx pretrain`` writes beside its ``backbone.weights.h5``.
+PRETRAIN_INFO = "pretrain.json"
+
+
+def check_pretrain_info(path: str | os.PathLike, backbone: str, norm: str) -> None:
+    """Refuse weights from ``leukdx pretrain`` that were trained for another backbone or norm.
+
+    Reads the ``pretrain.json`` beside ``path``, if there is one (other files pass).
+
+    Raises:
+        ConfigError: its ``backbone`` or ``norm`` differs from ``backbone`` / ``norm``.
+    """
+    import json
+
+    from leukdx.errors import ConfigError
+
+    info_path = Path(path).parent / PRETRAIN_INFO
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return
+    for key, value in (("backbone", backbone), ("norm", norm)):
+        saved = info.get(key, value)
+        if saved != value:
+            raise ConfigError(
+                f"model.weights {path} was pretrained with model.{key}={saved} (see {info_path}), "
+                f"but this config has model.{key}={value}; set model.{key}: {saved} or "
+                f"pretrain again with model.{key}={value}."
+            )
+
+
 # --------------------------------------------------------------------------- loading
 
 
 def load_pretrained(base_layers: Sequence[Any], path: str | os.PathLike,
                     top_layers: Sequence[Any] = (), *, spec: BackboneSpec | None = None,
-                    input_shape: tuple[int, int, int] | None = None) -> list[str]:
+                    input_shape: tuple[int, int, int] | None = None,
+                    norm: str = "batch") -> list[str]:
     """Load a weights file into a backbone's layers (and optionally its original dense layers).
 
     Args:
@@ -202,6 +236,7 @@ def load_pretrained(base_layers: Sequence[Any], path: str | os.PathLike,
         spec: the backbone; needed for ``.weights.h5`` files (a fresh base is built from it,
             loaded with Keras, and copied over).
         input_shape: input shape of that fresh base.
+        norm: ``model.norm`` of that fresh base (``batch``, ``group`` or ``layer``).
 
     Returns:
         Names of the ``top_layers`` that received weights.
@@ -217,7 +252,7 @@ def load_pretrained(base_layers: Sequence[Any], path: str | os.PathLike,
     if path.name.lower().endswith(".weights.h5"):
         if spec is None or input_shape is None:
             raise ValueError("Loading a .weights.h5 file needs the backbone spec and input shape.")
-        fresh = spec.build(input_shape, weights=None)
+        fresh = spec.build(input_shape, weights=None, norm=norm)
         try:
             fresh.load_weights(str(path))
         except OSError as exc:  # h5py could not read the data: the file is damaged
