@@ -141,6 +141,8 @@ FOLDER_ONLY_KEYS: tuple[str, ...] = ("features.classifiers",)
 IMBALANCE_RATIO = 2.0
 # Plans estimated to take longer than this on a machine without a GPU are warned about.
 CPU_WARN_SECONDS = 4 * 3600.0
+# An epoch of at least twice this many batches is estimated after this many batches.
+EARLY_ESTIMATE_BATCHES = 5
 
 
 class SourceConfoundWarning(UserWarning):
@@ -296,8 +298,10 @@ class FineTuneTrainer:
         callbacks: extra Keras callbacks for every fit (e.g. for monitoring).
 
     Attributes:
-        epoch_listener: called as ``epoch_listener(epoch, seconds, n_fit)`` after every
-            training epoch (the runner uses the first one to estimate the whole plan).
+        epoch_listener: called as ``epoch_listener(epoch, seconds, n_fit, basis)`` after every
+            training epoch (``basis`` ``"epoch"``), and once per fit early in the first epoch
+            with that epoch's duration extrapolated from its first batches (``basis``
+            ``"batches"``); the runner uses the first call to estimate the whole plan.
     """
 
     def __init__(self, callbacks: Sequence[Any] = ()):
@@ -312,10 +316,26 @@ class FineTuneTrainer:
         class EpochSeconds(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self._start = time.perf_counter()
+                self._after_first_batch = None
+                self._first_epoch = epoch == 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                # A long first epoch (a big network on a CPU) is extrapolated from its first
+                # batches; batch 0 carries the graph tracing, so the rate is taken after it.
+                steps = (self.params or {}).get("steps") or 0
+                if listener is None or not self._first_epoch or steps < 2 * EARLY_ESTIMATE_BATCHES:
+                    return
+                if batch == 0:
+                    self._after_first_batch = time.perf_counter()
+                elif batch == EARLY_ESTIMATE_BATCHES and self._after_first_batch is not None:
+                    now = time.perf_counter()
+                    per_batch = (now - self._after_first_batch) / batch
+                    seconds = (self._after_first_batch - self._start) + per_batch * (steps - 1)
+                    listener(0, seconds, n_fit, "batches")
 
             def on_epoch_end(self, epoch, logs=None):
                 if listener is not None:
-                    listener(int(epoch), time.perf_counter() - self._start, n_fit)
+                    listener(int(epoch), time.perf_counter() - self._start, n_fit, "epoch")
 
         return EpochSeconds()
 
@@ -1024,13 +1044,16 @@ class _Progress:
         elif self.keras_models:
             self.say("Estimated time: known after the first epoch.")
 
-    def first_epoch(self, epoch: int, seconds: float, n_fit: int) -> None:
-        """Epoch listener: the first epoch measured sets the estimate when history had none."""
+    def first_epoch(self, epoch: int, seconds: float, n_fit: int, basis: str = "epoch") -> None:
+        """Epoch listener: the first epoch measured (or extrapolated from its first batches)
+        sets the estimate when earlier fits gave none."""
         if self.estimate is not None or epoch != 0:
             return
         rate = seconds / _fit_cost(n_fit, 1)
+        measured = ("a measured first epoch" if basis == "epoch" else
+                    f"the first {EARLY_ESTIMATE_BATCHES + 1} batches of a first epoch")
         self._set_estimate(rate * sum(self._cost(u) for u in self.to_train),
-                           f"a measured first epoch of {_duration(seconds)}")
+                           f"{measured} of {_duration(seconds)}")
 
     def _set_estimate(self, seconds: float, basis: str) -> None:
         self.estimate = seconds

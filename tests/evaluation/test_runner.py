@@ -492,3 +492,23 @@ def test_lodo_on_real_sources(shared_data, tmp_path):
     assert "| A (%) | P (%) | R (%) | S (%) | MCC (%) |" in markdown
     assert all(f"**{s}**" in markdown for s in ("all_idb1", "all_idb2", "taleqani_all"))
     assert len(list((out / "plots").glob("confusion__*.png"))) == 3
+
+
+@pytest.mark.slow
+def test_fine_tuning_reports_its_first_batches_then_each_epoch(tiny_collection, tmp_path):
+    from leukdx.data.pipeline import ImageCache
+    from leukdx.data.records import load_collection
+
+    cfg = _config(tiny_collection, tmp_path, train={"batch_size": 1, "epochs": 2})
+    records = load_collection(tiny_collection, cfg.data, progress=False).records
+    train = records.iloc[::3].reset_index(drop=True)  # 12 images: 12 steps per epoch
+    images = ImageCache(progress=False).get(train, 32, "stretch")
+    calls = []
+    trainer = runner.FineTuneTrainer()
+    trainer.epoch_listener = lambda *args: calls.append(args)
+    output = trainer.fit_predict(cfg, train, images, images[:3], seed=0,
+                                 test_records=train.iloc[:3].drop(columns=["label"]))
+    assert [(epoch, basis) for epoch, _, _, basis in calls] == [
+        (0, "batches"), (0, "epoch"), (1, "epoch")]
+    assert all(seconds > 0 and n_fit == 12 for _, seconds, n_fit, _ in calls)
+    assert (output.n_fit, output.n_val, output.precision_policy) == (12, 0, "float32")
