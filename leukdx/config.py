@@ -419,6 +419,9 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert ``value`` to type ``tp`` or raise a ConfigError naming ``where``."""
+    if tp is Any:
+        # free-form values (evaluate.grid entries) may be null, e.g. features.model: [null, ...]
+        return value
     optional, inner = _is_optional(tp)
     if value is None or (isinstance(value, str) and value.lower() in ("null", "~")):
         if optional:

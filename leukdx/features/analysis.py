@@ -55,6 +55,7 @@ __all__ = [
     "GlobalScaler",
     "analyse_feature_space",
     "embedding_boundary",
+    "extractor_leak",
     "feature_space_markdown",
     "feature_space_pipeline",
     "plot_feature_space",
@@ -139,6 +140,57 @@ def _two_class_sources(records: pd.DataFrame) -> list[str]:
     return [str(s) for s, n in classes.items() if n == 2]
 
 
+def _linked_partners(source: str, linked_sources: Sequence[Sequence[str]]) -> set[str]:
+    partners: set[str] = set()
+    for members in linked_sources:
+        names = {str(m) for m in members}
+        if source in names:
+            partners |= names - {source}
+    return partners
+
+
+def extractor_leak(
+    trained_on: Sequence[str] | None,
+    test_source: str,
+    linked_sources: Sequence[Sequence[str]] = (),
+    name: str = "features.model",
+) -> str | None:
+    """Why features of a trained network cannot be evaluated on ``test_source``, or ``None``.
+
+    A network fine-tuned on a source has seen its images (and their labels): features it
+    extracts there measure memory, not generalisation. The same holds for a source linked to
+    the test source (same slides or patients, ``evaluate.linked_sources``).
+
+    Args:
+        trained_on: the network's training sources (``FeatureSource.trained_on``, from the
+            run's ``run.json``); ``None`` or empty: nothing to check.
+        test_source: the source tested on.
+        linked_sources: sets of sources that share slides or patients.
+        name: the network's name for the message.
+
+    Returns:
+        A one-line reason, or ``None`` when the network never saw the test source.
+
+    Example:
+        >>> extractor_leak(["all_idb1", "bccd"], "all_idb2", [["all_idb1", "all_idb2"]], "mdft")
+        "refused: mdft was trained on all_idb1 (its run.json data.sources), linked to test source 'all_idb2'; train one extractor per test source without it (data.sources)"
+    """
+    if not trained_on:
+        return None
+    seen = sorted({test_source} | _linked_partners(test_source, linked_sources))
+    seen = [s for s in seen if s in set(trained_on)]
+    if not seen:
+        return None
+    if seen == [test_source]:
+        how = f"the test source '{test_source}'"
+    elif test_source in seen:
+        how = f"the test source '{test_source}' and sources linked to it"
+    else:
+        how = f"linked to test source '{test_source}'"
+    return (f"refused: {name} was trained on {', '.join(seen)} (its run.json data.sources), "
+            f"{how}; train one extractor per test source without it (data.sources)")
+
+
 def analyse_feature_space(
     features: np.ndarray,
     records: pd.DataFrame,
@@ -150,14 +202,18 @@ def analyse_feature_space(
     pca_above: int = 256,
     threshold: float = 0.5,
     name: str = "features",
+    linked_sources: Sequence[Sequence[str]] = (),
+    extractor_sources: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Linear separability of one feature set under LODO and within-source k-fold (Table 10).
 
-    For each test source: **LODO** trains the PCA+linear-SVM pipeline on every other source and
-    tests on this one; **k-fold** runs grouped, stratified k-fold inside this source alone (k
-    is lowered, with a log message, when a class has fewer groups than k). A protocol that
-    cannot run for a source (e.g. LODO on a single-source collection) gives NaN cells and a
-    ``note``.
+    For each test source: **LODO** trains the PCA+linear-SVM pipeline on every other source
+    (except sources linked to it) and tests on this one; **k-fold** runs grouped, stratified
+    k-fold inside this source alone (k is lowered, with a log message, when a class has fewer
+    groups than k). A protocol that cannot run for a source (e.g. LODO on a single-source
+    collection) gives NaN cells and a ``note``. When the features come from a network trained
+    on the test source (or a source linked to it), the source's row is refused: NaN cells and
+    the reason in ``note`` (:func:`extractor_leak`).
 
     Args:
         features: (N, D) array aligned with ``records``.
@@ -169,6 +225,10 @@ def analyse_feature_space(
         pca_above: dimension above which PCA applies.
         threshold: decision threshold on P(leukaemia) (0.5 = the SVM's own decision).
         name: the feature set's name (the ``features`` column).
+        linked_sources: sets of sources sharing slides or patients (``evaluate.linked_sources``):
+            left out of a LODO training set while one of them is tested.
+        extractor_sources: the sources the feature network was trained on
+            (``FeatureSource.trained_on``); ``None``: not a trained network, nothing refused.
 
     Returns:
         One row per test source: ``features``, ``n_features`` (dimension the SVM saw: the PCA
@@ -200,14 +260,20 @@ def analyse_feature_space(
         svm_dims: list[int] = []
         results: dict[str, list[dict[str, float]]] = {p: [] for p in FEATURE_SPACE_PROTOCOLS}
         k_used = _kfold_size(records[records["source"] == source], k)
-        for protocol in FEATURE_SPACE_PROTOCOLS:
+        refused = extractor_leak(extractor_sources, str(source), linked_sources, name)
+        if refused:
+            log.warning("%s on %s %s", name, source, refused)
+            notes.append(refused)
+            k_used = 0
+        for protocol in FEATURE_SPACE_PROTOCOLS if not refused else ():
             if protocol == "kfold" and k_used < 2:
                 notes.append("kfold: a class has fewer than 2 groups in this source")
                 continue
             if protocol == "kfold" and k_used < k:
                 log.info("%s: within-source k-fold uses k=%d (a class has only %d groups)",
                          source, k_used, k_used)
-            ev = EvaluateConfig(protocol=protocol, test_sources=[source], k=max(k_used, 2))
+            ev = EvaluateConfig(protocol=protocol, test_sources=[source], k=max(k_used, 2),
+                                linked_sources=[list(m) for m in linked_sources])
             try:
                 splits = make_splits(protocol, records, ev, seed)
             except ValueError as exc:

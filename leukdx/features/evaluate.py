@@ -363,6 +363,7 @@ def run_feature_evaluation(
             fs.features, records, test_sources=_analysis_sources(pcfg), k=pcfg.evaluate.k,
             seed=pcfg.seed, pca_components=pcfg.features.pca_components,
             pca_above=pcfg.features.pca_above, threshold=pcfg.train.threshold, name=name,
+            linked_sources=pcfg.evaluate.linked_sources, extractor_sources=fs.source.trained_on,
         ))
         confound.append(source_confound_report(
             fs.features, records, name=name, seed=pcfg.seed,

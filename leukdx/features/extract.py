@@ -66,6 +66,7 @@ __all__ = [
     "feature_cache_key",
     "feature_source",
     "resolve_layer",
+    "run_training_sources",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ class FeatureSource:
         model_path: the ``.keras`` file (model kind) or ``None``.
         fingerprint: what identifies the network's parameters (weights-file or model-file
             sha256, or the seed of a randomly initialised network).
+        trained_on: the sources a trained run learnt from (``data.sources`` of its
+            ``run.json``), ``None`` when not known (a bare ``.keras`` file, or a backbone,
+            whose ImageNet or random weights saw no blood images). Features of a network that
+            was trained on a test source are not an unseen-dataset result for that source
+            (:func:`leukdx.features.analysis.extractor_leak`).
     """
 
     kind: str
@@ -107,6 +113,7 @@ class FeatureSource:
     weights: str = ""
     model_path: Path | None = None
     fingerprint: str = ""
+    trained_on: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -196,6 +203,7 @@ def feature_source(cfg: Config) -> FeatureSource:
             kind="model", name=name, backbone=backbone, layer=layer, image_size=size,
             aspect=aspect, model_path=model_path.absolute(),
             fingerprint=f"model-sha256:{_sha256_file(model_path)}",
+            trained_on=run_training_sources(run_dir) if run_dir is not None else None,
         )
     weights = str(cfg.model.weights)
     if weights.lower() == "none":
@@ -216,6 +224,33 @@ def feature_source(cfg: Config) -> FeatureSource:
         image_size=cfg.data.image_size, aspect=cfg.data.aspect, weights=weights,
         fingerprint=fingerprint,
     )
+
+
+def run_training_sources(run_dir: str | os.PathLike) -> tuple[str, ...] | None:
+    """The sources a ``leukdx train`` run learnt from (``data.sources`` of its ``run.json``).
+
+    Args:
+        run_dir: a run folder.
+
+    Returns:
+        The sorted source names, or ``None`` when the folder has no readable ``run.json`` with
+        that entry (a warning names the folder: leakage into test sources cannot be checked).
+
+    Example:
+        >>> run_training_sources("runs/vgg16_mdft")            # doctest: +SKIP
+        ('bccd', 'cellavision_zheng', 'jtsc', 'pbc', 'taleqani_all')
+    """
+    from leukdx.train import RUN_FILE
+
+    path = Path(run_dir) / RUN_FILE
+    try:
+        info = json.loads(path.read_text())
+        sources = info["data"]["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s has no readable data.sources: cannot check that the run's training "
+                    "sources exclude the test sources.", path)
+        return None
+    return tuple(sorted(str(s) for s in sources))
 
 
 def _images_fingerprint(records: pd.DataFrame) -> str:

@@ -14,6 +14,7 @@ from leukdx.features.analysis import (
     FEATURE_SPACE_METRICS,
     analyse_feature_space,
     embedding_boundary,
+    extractor_leak,
     feature_space_markdown,
     plot_feature_space,
     source_confound_report,
@@ -57,6 +58,51 @@ def test_lodo_exposes_a_signal_that_kfold_within_a_source_hides():
             assert f"{protocol}_{metric}" in table.columns
     assert (table["kfold_k"] == 5).all()
     assert (table["features"] == "toy").all()
+
+
+def test_lodo_leaves_linked_sources_out_of_training():
+    # idb1 and idb2 share slides: their strong class signal points the same way; tq's weak one
+    # the opposite way
+    records = _records({"idb1": 15, "idb2": 15, "tq": 15})
+    X = _flipped_features(records, {"idb1": 1.0, "idb2": 1.0, "tq": -0.25})
+    linked = [["idb1", "idb2"]]
+    # trained on idb1 (same slides) the SVM gets idb2 right: that is the leak
+    leaky = analyse_feature_space(X, records, test_sources=["idb2"]).iloc[0]
+    assert leaky["lodo_accuracy"] >= 0.9
+    honest = analyse_feature_space(X, records, test_sources=["idb2"],
+                                   linked_sources=linked).iloc[0]
+    assert honest["lodo_accuracy"] <= 0.1
+    assert honest["kfold_accuracy"] == leaky["kfold_accuracy"]  # within-source k-fold unchanged
+
+
+def test_features_of_a_network_trained_on_the_test_source_are_refused():
+    records = _records({"a": 10, "b": 10, "c": 10})
+    X = _flipped_features(records, {"a": 1.0, "b": 1.0, "c": 1.0})
+    table = analyse_feature_space(X, records, name="mdft", extractor_sources=["a", "h"],
+                                  linked_sources=[["b", "c"]]).set_index("test_source")
+    assert table.loc["a", "note"] == (
+        "refused: mdft was trained on a (its run.json data.sources), the test source 'a'; "
+        "train one extractor per test source without it (data.sources)"
+    )
+    assert table.loc["a", ["lodo_accuracy", "kfold_accuracy", "kfold_kappa"]].isna().all()
+    for other in ("b", "c"):
+        assert table.loc[other, "note"] == ""
+        assert table.loc[other, "lodo_accuracy"] >= 0.9 and table.loc[other, "kfold_k"] == 5
+    linked = analyse_feature_space(X, records, name="mdft", extractor_sources=["c"],
+                                   linked_sources=[["b", "c"]]).set_index("test_source")
+    assert "linked to test source 'b'" in linked.loc["b", "note"]
+    assert np.isnan(linked.loc["b", "lodo_accuracy"])
+    assert not np.isnan(linked.loc["a", "lodo_accuracy"])
+    assert "| n/a |" in feature_space_markdown(linked.reset_index())
+
+
+def test_extractor_leak_reasons():
+    assert extractor_leak(None, "a") is None
+    assert extractor_leak(["b", "c"], "a") is None
+    assert extractor_leak(["a", "b"], "a", [["a", "b"]], "run").startswith(
+        "refused: run was trained on a, b (its run.json data.sources), the test source 'a' and "
+        "sources linked to it;"
+    )
 
 
 def test_pca_applies_only_above_the_threshold():

@@ -154,3 +154,36 @@ def test_trained_run_features_come_from_the_layer_before_the_classifier(tiny_col
 def test_empty_records_are_refused(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         extract_features(_config(tmp_path), _fake_records().iloc[:0])
+
+
+def test_a_run_folder_reports_the_sources_it_was_trained_on(tmp_path):
+    import json
+
+    run_dir = tmp_path / "runs" / "mdft_without_idb"
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.keras").write_bytes(b"not read here")
+    (run_dir / "run.json").write_text(json.dumps(
+        {"status": "finished", "data": {"sources": ["taleqani_all", "bccd"]}}
+    ))
+    cfg = _config(tmp_path, **{"features.model": str(run_dir)})
+    source = feature_source(cfg)
+    assert source.trained_on == ("bccd", "taleqani_all")
+    assert extract.run_training_sources(run_dir) == ("bccd", "taleqani_all")
+    (run_dir / "run.json").write_text("{}")
+    assert feature_source(cfg).trained_on is None  # unknown: nothing to check against
+    bare = feature_source(replace(cfg, {"features.model": str(run_dir / "model.keras")}))
+    assert bare.trained_on is None
+    assert feature_source(_config(tmp_path)).trained_on is None  # a backbone saw no smears
+
+
+def test_grids_accept_null_for_the_backbone_row():
+    from leukdx.config import config_from_dict
+    from leukdx.evaluation.runner import expand_grid
+
+    cfg = config_from_dict(
+        {"task": "features", "evaluate": {"grid": {"features.model": [None, "runs/vgg16_mdft"]}}}
+    )
+    assert cfg.evaluate.grid == {"features.model": [None, "runs/vgg16_mdft"]}
+    assert [p.cfg.features.model for p in expand_grid(cfg)] == [None, "runs/vgg16_mdft"]
+    with pytest.raises(ConfigError, match="may not be empty"):
+        config_from_dict({"evaluate": {"k": None}})
