@@ -404,11 +404,16 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader)
     """Import hook: the first ``import tensorflow`` (wherever a command does it) runs under
     :func:`_filtered_native_stderr`; commands that never import TensorFlow pay nothing."""
 
+    _searching = False
+
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self._searching:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        self._searching = True  # let the ordinary finders answer the inner search
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._searching = False
         if spec is not None and spec.loader is not None:
             self._loader, spec.loader = spec.loader, self
         return spec
@@ -417,6 +422,8 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader)
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        if self in sys.meta_path:  # only the first import is filtered
+            sys.meta_path.remove(self)
         with _filtered_native_stderr():
             self._loader.exec_module(module)
 
