@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy import fft as scipy_fft
 
 __all__ = [
     "UnionFind",
@@ -513,13 +514,16 @@ def _thumb_alignments(thumbs: np.ndarray, pairs: np.ndarray,
         return shifts, ncc, overlap
     t = np.asarray(thumbs, np.float32)
     side = t.shape[1]
-    spectra = np.fft.rfft2((t - t.mean(axis=(1, 2), keepdims=True)) * _hann(side, side))
+    # single precision (scipy keeps float32 as complex64): half the memory traffic of numpy's
+    # complex128, and a 64x64 correlation peak needs no more
+    window = _hann(side, side).astype(np.float32)
+    spectra = scipy_fft.rfft2((t - t.mean(axis=(1, 2), keepdims=True)) * window)
     grid = np.arange(side)
     for start in range(0, n_pairs, batch):
         i, j = pairs[start : start + batch, 0], pairs[start : start + batch, 1]
         cross = spectra[i] * np.conj(spectra[j])
-        cross /= np.maximum(np.abs(cross), 1e-12)
-        corr = np.fft.irfft2(cross, s=(side, side))
+        cross /= np.maximum(np.abs(cross), np.float32(1e-12))
+        corr = scipy_fft.irfft2(cross, s=(side, side))
         flat = corr.reshape(len(i), -1).argmax(axis=1)
         sl = np.arange(start, start + len(i))
         # only pairs whose thumbnails share some detail are worth the overlap correlation
