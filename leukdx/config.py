@@ -502,6 +502,11 @@ def _validate(cfg: Config) -> None:
     d, t, e = cfg.data, cfg.train, cfg.evaluate
     if d.image_size < 32:
         raise ConfigError(f"'data.image_size' is {d.image_size}; it must be at least 32 pixels.")
+    if d.recrop_similarity is not None and not 0.0 < d.recrop_similarity <= 1.0:
+        raise ConfigError(
+            f"'data.recrop_similarity' is {d.recrop_similarity}; it must be in (0, 1] "
+            "(default 0.5), or null to turn the re-crop search off."
+        )
     if not 0.0 <= t.validation_split < 1.0:
         raise ConfigError("'train.validation_split' must be in [0, 1).")
     t.jit_compile = _jit_compile_setting(t.jit_compile)

@@ -291,6 +291,15 @@ def test_recrop_search_is_cached_by_content(tmp_path, monkeypatch):
     assert again[["i", "j"]].values.tolist() == [[1, 2]]  # same pair, rows reversed
 
 
+def test_recrop_similarity_setting_is_checked():
+    from leukdx.config import ConfigError, config_from_dict
+
+    assert config_from_dict({"data": {"recrop_similarity": None}}).data.recrop_similarity is None
+    assert config_from_dict({}).data.recrop_similarity == 0.5
+    with pytest.raises(ConfigError, match=r"data.recrop_similarity' is 1.5; it must be in \(0, 1\]"):
+        config_from_dict({"data": {"recrop_similarity": 1.5}})
+
+
 # The duplicates documented in ../shared/data/SOURCES.md, and nothing else.
 DOCUMENTED_PAIRS = {
     ("all_idb2/healthy/Im223_0.tif", "all_idb2/healthy/Im257_0.tif"),  # identical
