@@ -209,7 +209,9 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
             "It was not saved by leukdx, or names layers or functions leukdx does not "
             "register; give the model.keras of a run folder made by `leukdx train`."
         ) from exc
-    model.jit_compile = resolve_jit_compile("auto")
+    jit_compile = resolve_jit_compile("auto")
+    if jit_compile != "auto":  # on a GPU Keras' own default already decides per model
+        model.jit_compile = jit_compile
     return model
 
 
@@ -534,11 +536,17 @@ def predict_proba(
     from leukdx.data.pipeline import make_dataset
 
     images = np.asarray(images)
-    if len(images) == 0:
+    n, batch_size = len(images), int(batch_size)
+    if n == 0:
         return np.zeros(0, dtype=np.float64)
-    dataset = make_dataset(images, batch_size=int(batch_size))
+    # Every batch has the same shape (the last one padded with copies of the first image),
+    # so the prediction function is traced once, not again for each new remainder size.
+    pad = (-n) % batch_size
+    if pad:
+        images = np.concatenate([images, np.repeat(images[:1], pad, axis=0)])
+    dataset = make_dataset(images, batch_size=batch_size)
     probabilities = model.predict(dataset, verbose=0)
-    return np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    return np.asarray(probabilities, dtype=np.float64).reshape(-1)[:n]
 
 
 def predict_timed(
@@ -640,7 +648,8 @@ def make_image_cache(cfg: Config, *, progress: bool = True):
 def _augmentation(cfg: Config, seed: int):
     from leukdx.data.augment import build_augmentation
 
-    return build_augmentation(cfg.augment.preset, cfg.data.image_size, seed=seed)
+    return build_augmentation(cfg.augment.preset, cfg.data.image_size, seed=seed,
+                              strength=cfg.augment.strength)
 
 
 def build_compiled_model(cfg: Config, strategy=None, augmentation=None) -> keras.Model:
