@@ -178,6 +178,9 @@ class FoldOutput(NamedTuple):
         precision_policy: the Keras dtype policy that trained (``None``: not a Keras model).
         jit_compile: whether training was XLA-compiled, as Keras resolved it (``None``: not
             a Keras model).
+        extra_columns: further ``folds.csv`` columns of the fold, e.g. the best epoch's
+            ``val_loss``/``val_accuracy``/``val_auc`` (what a recipe is chosen by, since the
+            test source may not choose it) and ``pretrain_seconds``.
     """
 
     probabilities: np.ndarray
@@ -187,6 +190,7 @@ class FoldOutput(NamedTuple):
     n_val: int | None = None
     precision_policy: str | None = None
     jit_compile: bool | str | None = None
+    extra_columns: Mapping[str, Any] | None = None
 
 
 @runtime_checkable
@@ -217,7 +221,10 @@ class FoldTrainer(Protocol):
             train_records: records of the training images (``label``, ``source``, ``group``
                 ...), positions aligned with ``train_images``.
             train_images: (N, S, S, 3) uint8.
-            test_images: (M, S, S, 3) uint8.
+            test_images: (M, S, S, 3) uint8: the test images, followed by their tiles and
+                cell crops when ``data.tile`` / ``data.crop: cell`` make any
+                (:attr:`~leukdx.data.tiles.FoldImages.test_inputs`); return one
+                probability per input (the runner aggregates them per record) or per record.
             seed: the seed of this fold and run.
             test_records: records of the test images without their ``label`` column
                 (paths and hashes identify them; labels stay with the runner).
@@ -387,6 +394,9 @@ class FineTuneTrainer:
         )
 
         train_records = train_records.reset_index(drop=True)
+        extra: dict[str, Any] = {}
+        if cfg.pretrain.per_fold:
+            cfg, extra["pretrain_seconds"] = self._pretrained(cfg, train_records, train_images)
         keras.utils.set_random_seed(int(seed))
         fit_pos, val_pos = self._validation(cfg, train_records, seed)
         require_two_classes(train_records.iloc[fit_pos], "the fold's training part")
@@ -402,20 +412,73 @@ class FineTuneTrainer:
             )
             model = build_compiled_model(cfg, strategy, model_augmentation)
             start = time.perf_counter()
-            fit_model(
+            history = fit_model(
                 model, train_ds, val_ds, cfg,
                 callbacks=[*self.callbacks, self._timing_callback(len(fit_pos))],
                 class_weight=class_weights(labels[fit_pos], cfg.train.class_weight),
             )
             train_seconds = time.perf_counter() - start
-            probabilities, infer_ms = predict_timed(model, test_images)
+            extra.update(best_validation(getattr(history, "history", None) or {}))
+            if cfg.evaluate.tta > 1:
+                probabilities, infer_ms = self._predict_tta(model, test_images,
+                                                            cfg.evaluate.tta)
+            else:
+                probabilities, infer_ms = predict_timed(model, test_images)
             # what Keras resolved (``auto`` becomes a bool once the model is compiled)
             jit_compile = getattr(model, "jit_compile", getattr(cfg.train, "jit_compile", None))
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
         return FoldOutput(probabilities, train_seconds, infer_ms, n_fit=len(fit_pos),
                           n_val=len(val_pos), precision_policy=policy_name,
-                          jit_compile=jit_compile)
+                          jit_compile=jit_compile, extra_columns=extra)
+
+    @staticmethod
+    def _pretrained(cfg: Config, train_records: pd.DataFrame,
+                    train_images: np.ndarray) -> tuple[Config, float]:
+        """``cfg`` fine-tuning from SimCLR weights pretrained on this fold's training images
+        only (``pretrain.per_fold``; cached per training set), and the seconds it took."""
+        from leukdx.pretrain import pretrain_for_fold
+
+        start = time.perf_counter()
+        weights = pretrain_for_fold(cfg, train_records, train_images,
+                                    progress=cfg.train.verbose > 0)
+        return replace(cfg, {"model.weights": str(weights)}), time.perf_counter() - start
+
+    @staticmethod
+    def _predict_tta(model, images: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+        """P(leukaemia) averaged over ``n`` flips/rotations (``evaluate.tta``), and the
+        milliseconds per image it took (one batch first, untimed, to trace the graph)."""
+        from leukdx.train import INFERENCE_BATCH_SIZE
+        from leukdx.tta import predict_proba_tta
+
+        images = np.asarray(images)
+        if len(images) == 0:
+            return np.zeros(0, dtype=np.float64), float("nan")
+        predict_proba_tta(model, images[:INFERENCE_BATCH_SIZE], n, INFERENCE_BATCH_SIZE)
+        start = time.perf_counter()
+        probabilities = predict_proba_tta(model, images, n, INFERENCE_BATCH_SIZE)
+        return probabilities, (time.perf_counter() - start) * 1000.0 / len(images)
+
+
+def best_validation(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """The validation metrics of the best epoch (lowest ``val_loss``, the one whose weights
+    the fold keeps) as ``folds.csv`` columns: ``val_loss``, ``val_accuracy``, ``val_auc``
+    and ``best_epoch`` (from 0). Empty without validation.
+
+    Example:
+        >>> best_validation({"val_loss": [0.7, 0.5, 0.6], "val_accuracy": [0.5, 0.8, 0.7]})
+        {'best_epoch': 1, 'val_loss': 0.5, 'val_accuracy': 0.8}
+    """
+    losses = np.asarray(history.get("val_loss") or [], dtype=np.float64)
+    if not np.isfinite(losses).any():
+        return {}
+    best = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+    out: dict[str, float] = {"best_epoch": best}
+    for name in ("val_loss", "val_accuracy", "val_auc"):
+        values = history.get(name) or []
+        if len(values) > best:
+            out[name] = float(values[best])
+    return out
 
 
 # ------------------------------------------------------------------------------ the grid
@@ -885,18 +948,22 @@ def run_fold(task: FoldTask, trainer: FoldTrainer, cache) -> FoldResult:
     cfg, split = task.cfg, task.split
     train_records = task.records.iloc[split.train_idx].reset_index(drop=True)
     test_records = task.records.iloc[split.test_idx].reset_index(drop=True)
-    size, aspect = cfg.data.image_size, cfg.data.aspect
     try:
-        # decoded once per image and size by the shared cache; copied per fold
+        # Decoded once per image and setting by the shared cache. data.crop, data.tile and
+        # data.stain_normalize apply here; the stain reference is fitted on this fold's
+        # training images only, so the test source never shapes it.
+        fold = cache.fold_images(train_records, test_records, cfg.data, seed=task.seed)
         output = FoldOutput(*trainer.fit_predict(
-            cfg, train_records, cache.get(train_records, size, aspect),
-            cache.get(test_records, size, aspect), task.seed,
+            cfg, fold.train_records, fold.train, fold.test_inputs, task.seed,
             test_records=test_records.drop(columns=["label"]),
         ))
     finally:
         if getattr(trainer, "builds_keras_models", True):
             _free_memory()
     probabilities = np.asarray(output.probabilities, dtype=np.float64).reshape(-1)
+    if probabilities.size == len(fold.test_inputs) != len(test_records):
+        # scores of whole images, tiles and cell crops -> one probability per test record
+        probabilities = fold.test_probabilities(probabilities)
     if probabilities.size != len(test_records):
         raise RuntimeError(
             f"The fold trainer returned {probabilities.size} probabilities for "
@@ -923,6 +990,7 @@ def run_fold(task: FoldTask, trainer: FoldTrainer, cache) -> FoldResult:
         "precision_policy": output.precision_policy or (cfg.train.precision if keras_model
                                                         else None),
         "jit_compile": jit,
+        **dict(output.extra_columns or {}),
     }
     predictions = pd.DataFrame({"path": test_records["path"].astype(str).tolist(),
                                 "label": y_test, "probability": probabilities})
@@ -1073,7 +1141,7 @@ class _Progress:
         self.trained += 1
         self.training_seconds += seconds
         elapsed = time.perf_counter() - self.start
-        left = [u for u in self.to_train[self.trained:]]
+        left = self.to_train[self.trained:]
         per_cost = self.training_seconds / max(sum(self._cost(u) for u in
                                                    self.to_train[: self.trained]), 1.0)
         eta = per_cost * sum(self._cost(u) for u in left)
@@ -1103,19 +1171,34 @@ def _train_claimed(out, ledger, task, trainer, cache, progress_report) -> None:
     start = time.perf_counter()
     result = run_fold(task, trainer, cache)
     _write_fold(out, ledger, task, result)
-    progress_report.fold_done(task, result.row, time.perf_counter() - start)
+    if progress_report is not None:
+        progress_report.fold_done(task, result.row, time.perf_counter() - start)
 
 
 def drive_folds(
     tasks: Sequence[FoldTask], ledger: Ledger, out: Path, trainer: FoldTrainer, cache,
-    progress_report: _Progress,
+    progress_report: _Progress | None = None,
 ) -> None:
     """Claim, train and record every task not yet in the ledger.
 
     A fold is claimed (:meth:`Ledger.try_claim`) before it trains, so workers sharing the
     folder split the folds; folds claimed by other workers are waited for at the end and
-    trained here only if their worker died without finishing them.
+    trained here only if their worker died without finishing them. Its predictions are
+    written while the claim is held, then its row is appended.
+
+    Args:
+        tasks: the folds of the plan (finished ones are skipped).
+        ledger: the folder's ledger.
+        out: the results folder (predictions go to ``out/predictions``).
+        trainer: how folds are trained.
+        cache: the ImageCache for :func:`run_fold`.
+        progress_report: where progress is reported (the runner's; ``None``: nowhere).
     """
+
+    def elsewhere_done(task: FoldTask) -> None:
+        if progress_report is not None:
+            progress_report.fold_elsewhere(task, "finished by another worker")
+
     done = ledger.done_keys()
     elsewhere: list[FoldTask] = []
     for task in tasks:
@@ -1127,13 +1210,13 @@ def drive_folds(
             continue
         with claim:
             if ledger.has(task.key):
-                progress_report.fold_elsewhere(task, "finished by another worker")
+                elsewhere_done(task)
                 continue
             _train_claimed(out, ledger, task, trainer, cache, progress_report)
     for task in elsewhere:
         with ledger.try_claim(task.key, timeout=-1):  # until its worker finishes or dies
             if ledger.has(task.key):
-                progress_report.fold_elsewhere(task, "finished by another worker")
+                elsewhere_done(task)
                 continue
             _train_claimed(out, ledger, task, trainer, cache, progress_report)
 
