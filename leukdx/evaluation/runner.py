@@ -855,7 +855,7 @@ def prepare_results_folder(
                     if (out / name).exists():
                         (out / name).rename(out / target)
                 log.warning("Started a new ledger in %s; the old one is %s.", out, archived.name)
-        else:
+        elif ledger.done_keys():  # a folder without folds has nothing to mix with
             _check_saved_config(out, results_cfg)
         atomic_write_text(out / CONFIG_FILE,
                           yaml.safe_dump(config_to_dict(results_cfg), sort_keys=False))
