@@ -33,6 +33,7 @@ __all__ = [
     "AugmentConfig",
     "Config",
     "ConfigError",
+    "CellConfig",
     "DataConfig",
     "TileConfig",
     "EvaluateConfig",
@@ -82,6 +83,25 @@ class TileConfig:
 
 
 @dataclass
+class CellConfig:
+    """Nucleus-centred crops of ``data.crop: cell`` (:mod:`leukdx.data.cells`).
+
+    Args:
+        scale: crop side in nucleus diameters (at least 1); the nucleus fills about
+            ``1 / scale`` of the side.
+        max_cells: crops per image at most (its largest nuclei).
+        aggregate: how the crop probabilities of a test image become one: ``max`` (a field
+            is leukaemic if any of its cells is a blast), ``mean`` or ``topk``.
+        top_k: crops averaged by ``topk``.
+    """
+
+    scale: float = 2.2
+    max_cells: int = 8
+    aggregate: str = "max"
+    top_k: int = 3
+
+
+@dataclass
 class DataConfig:
     """Where the images are and how they become tensors.
 
@@ -110,11 +130,13 @@ class DataConfig:
         stain_normalize: ``none``, ``reinhard`` or ``macenko``: map each image's colours
             onto a reference fitted per fold on the training images only
             (:mod:`leukdx.data.stain`).
-        crop: ``none`` or ``center``: keep the central ``crop_fraction`` of each side of the
-            ``crop_sources`` images (all sources when ``None``) before resizing.
+        crop: ``none``, ``center`` (keep the central ``crop_fraction`` of each side) or
+            ``cell`` (crops centred on each white-cell nucleus, :class:`CellConfig`) for the
+            ``crop_sources`` images (all sources when ``None``).
         crop_fraction: kept share of each side for ``crop: center``, in (0, 1].
-        crop_sources: sources that are centre-cropped; ``None`` means all.
+        crop_sources: sources that are centre- or cell-cropped; ``None`` means all.
         tile: tiling of whole-field sources at test time (:class:`TileConfig`).
+        cell: nucleus-centred crops of ``crop: cell`` (:class:`CellConfig`).
     """
 
     root: str = "../shared/data"
@@ -140,6 +162,7 @@ class DataConfig:
     crop_fraction: float = 0.5
     crop_sources: list[str] | None = None
     tile: TileConfig = field(default_factory=TileConfig)
+    cell: CellConfig = field(default_factory=CellConfig)
 
 
 @dataclass
@@ -339,6 +362,9 @@ class PretrainConfig:
         projection_dim: output size of the projection head.
         crop_scale: smallest fraction of the image side a random crop keeps.
         cache_dir: folder of the weights pretrained once per evaluation fold.
+        per_fold: in ``leukdx evaluate``, pretrain the backbone on each fold's training
+            images only (never its test source; cached by their hashes,
+            :func:`leukdx.pretrain.pretrain_for_fold`) and fine-tune from those weights.
     """
 
     epochs: int = 30
@@ -349,6 +375,7 @@ class PretrainConfig:
     projection_dim: int = 64
     crop_scale: float = 0.5
     cache_dir: str = ".leukdx_cache/pretrain"
+    per_fold: bool = False
 
 
 @dataclass
@@ -381,8 +408,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": ("memory", "disk"),
     "data.on_bad_image": ("error", "skip"),
     "data.stain_normalize": ("none", "reinhard", "macenko"),
-    "data.crop": ("none", "center"),
+    "data.crop": ("none", "center", "cell"),
     "data.tile.aggregate": ("mean", "max", "topk"),
+    "data.cell.aggregate": ("mean", "max", "topk"),
     "augment.preset": (
         "leuknet", "loey", "stain", "leuknet_stain", "generalise", "randstainna", "none"
     ),
@@ -534,9 +562,24 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"'data.crop_fraction' is {d.crop_fraction}; it must be in (0, 1].")
     tile_steps = (("data.tile.size_px", d.tile.size_px), ("data.tile.top_k", d.tile.top_k),
                   ("data.tile.stride_px", 1 if d.tile.stride_px is None else d.tile.stride_px))
-    for name, value in tile_steps:
+    for name, value in (*tile_steps, ("data.cell.max_cells", d.cell.max_cells),
+                        ("data.cell.top_k", d.cell.top_k)):
         if value < 1:
             raise ConfigError(f"'{name}' must be at least 1, got {value}.")
+    if not d.cell.scale >= 1.0:
+        raise ConfigError(
+            f"'data.cell.scale' is {d.cell.scale}; it must be at least 1 (crop side in nucleus "
+            "diameters)."
+        )
+    if d.crop == "cell" and d.tile.sources:
+        tiled = set(map(str, d.tile.sources))
+        both = sorted(tiled if d.crop_sources is None else tiled & set(map(str, d.crop_sources)))
+        if both:
+            raise ConfigError(
+                f"'data.crop: cell' and 'data.tile.sources' both apply to {', '.join(both)}; "
+                "list the cell-cropped sources in "
+                "data.crop_sources without the tiled ones, or drop data.tile.sources."
+            )
     for source, layout in d.layouts.items():
         if layout not in CHOICES["data.layout"]:
             raise ConfigError(

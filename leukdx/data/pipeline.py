@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # "c0.5" (centre crop), "t256s256" (tiles) and "s<reference fingerprint>" (stain) joined by "+".
 _Key = tuple[str, int, str, str]
 _TILES = "tiles"  # the aspect slot of tile keys: a stack of tiles, not one image
+_CELLS = "cells"  # the aspect slot of nucleus-centred crops: a stack, largest nucleus first
 
 
 def _join_tags(*tags: str) -> str:
@@ -59,7 +60,8 @@ class ImageCache:
     One cache serves a whole experiment: every fold, epoch and run asks it for arrays, and
     only images it has never seen with those settings are decoded. The key is the file's
     sha256, the size, the aspect and a *variant* naming everything else that changes the
-    pixels: a centre crop (``c<fraction>``), tiling (``t<size>s<stride>``) and a stain
+    pixels: a centre crop (``c<fraction>``), tiling (``t<size>s<stride>``), nucleus-centred
+    crops (``n<scale>m<max_cells>``) and a stain
     normalisation (``s<reference fingerprint>``), so a crop, a tiling or a fold's stain
     reference never returns another setting's pixels, and each image is normalised once per
     reference.
@@ -131,7 +133,7 @@ class ImageCache:
             log.warning("Ignoring damaged image cache file %s (%s)", path, exc)
             return None
         size = key[1]
-        ndim = 4 if key[2] == _TILES else 3
+        ndim = 4 if key[2] in (_TILES, _CELLS) else 3
         if arr.ndim != ndim or arr.shape[-3:] != (size, size, 3) or arr.dtype != np.uint8:
             return None
         return arr
@@ -340,6 +342,57 @@ class ImageCache:
         owner = np.repeat(np.arange(len(stacks)), [len(s) for s in stacks])
         return np.concatenate(stacks), owner
 
+    def get_cells(
+        self,
+        records: pd.DataFrame,
+        size: int,
+        scale: float = 2.2,
+        max_cells: int = 8,
+        *,
+        stain: StainReference | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Nucleus-centred crops of every image (:func:`leukdx.data.cells.load_cells`).
+
+        Each image gives one to ``max_cells`` crops, largest nucleus first (the whole image
+        when no nucleus is found); detection runs once per image and setting, in the worker
+        pool, and is cached like any other variant. Only the first crop of an image may train
+        with its label (the label rule is in :mod:`leukdx.data.cells`).
+
+        Args:
+            records: the images (``path``, optionally ``sha256``).
+            size: side of each crop in pixels.
+            scale: crop side in nucleus diameters (``data.cell.scale``).
+            max_cells: crops per image at most (``data.cell.max_cells``).
+            stain: a training-only stain reference applied to every crop, as in :meth:`get`.
+
+        Returns:
+            ``(crops, owner)``: ``(C, size, size, 3)`` ``uint8`` crops of all images in row
+            order, each image's largest nucleus first, and ``(C,)`` the row position in
+            ``records`` each crop belongs to.
+
+        Example:
+            >>> crops, owner = cache.get_cells(records, 224)
+            >>> largest = crops[np.r_[0, np.flatnonzero(np.diff(owner)) + 1]]
+        """
+        from leukdx.data.cells import load_cells
+
+        size, max_cells = int(size), int(max_cells)
+        paths, hashes = self._hashes(records)
+        tag = f"n{float(scale):g}m{max_cells}"
+        keys: list[_Key] = [(h, size, _CELLS, tag) for h in hashes]
+        jobs = {
+            key: functools.partial(load_cells, path, size, scale=scale, max_cells=max_cells)
+            for key, path in zip(keys, paths)
+        }
+        self._ensure_decoded(jobs)
+        if stain is not None:
+            keys = self._stain_keys(keys, stain)
+        stacks = [self._memory[key] for key in keys]
+        if not stacks:
+            return np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64)
+        owner = np.repeat(np.arange(len(stacks)), [len(s) for s in stacks])
+        return np.concatenate(stacks), owner
+
     def fold_images(
         self,
         train_records: pd.DataFrame,
@@ -351,7 +404,9 @@ class ImageCache:
         """The arrays of one fold under ``data.crop``, ``data.tile`` and ``data.stain_normalize``.
 
         1. Training and test images are decoded at ``data.image_size`` / ``data.aspect``,
-           centre-cropped where ``data.crop`` says so.
+           centre-cropped where ``data.crop`` says so. With ``data.crop: cell`` an image of
+           ``data.crop_sources`` (all when ``None``) is replaced by the crop of its largest
+           nucleus, in training (with the image's label) and in ``test``.
         2. With ``data.tile.label_tiles`` (opt-in), training images of ``data.tile.sources``
            are replaced by their tiles, each with its image's label and group.
         3. With ``data.stain_normalize``, a reference is fitted on the **training inputs only**
@@ -360,6 +415,9 @@ class ImageCache:
         4. Test images of ``data.tile.sources`` are also cut into tiles; the model scores
            :attr:`FoldImages.test_inputs` and :meth:`FoldImages.test_probabilities` turns
            that into one probability per test record (``data.tile.aggregate``).
+        5. With ``data.crop: cell``, the other nuclei's crops of test images are scored too
+           (:attr:`FoldImages.cells`) and aggregated with the largest one
+           (``data.cell.aggregate``, default ``max``); they are never trained on.
 
         Args:
             train_records: the fold's training rows.
@@ -380,15 +438,47 @@ class ImageCache:
         from leukdx.data.tiles import FoldImages
 
         d = data_config
-        size, aspect, tile = d.image_size, d.aspect, d.tile
+        size, aspect, tile, cell = d.image_size, d.aspect, d.tile, d.cell
         crop = {
             "crop_fraction": d.crop_fraction if d.crop == "center" else None,
             "crop_sources": d.crop_sources,
         }
         tiled_sources = {str(s) for s in tile.sources}
+        empty = np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64)
+
+        def cell_cropped(records: pd.DataFrame) -> np.ndarray:
+            if d.crop != "cell":
+                return np.zeros(len(records), bool)
+            if d.crop_sources is None:
+                mask = np.ones(len(records), bool)
+            else:
+                mask = records["source"].astype(str).isin(map(str, d.crop_sources)).to_numpy()
+            both = sorted(set(records["source"].astype(str)[mask]) & tiled_sources)
+            if both:
+                raise ValueError(
+                    f"data.crop: cell and data.tile.sources both apply to {', '.join(both)}; "
+                    "list the cell-cropped sources in data.crop_sources without the tiled ones."
+                )
+            return mask
+
+        def images_of(records: pd.DataFrame, stain=None):
+            """Whole (or centre-cropped) images, largest-nucleus crops where cell-cropped,
+            and the other crops with their record positions."""
+            celled = cell_cropped(records)
+            if not celled.any():
+                return self.get(records, size, aspect, stain=stain, **crop), *empty
+            images = np.empty((len(records), size, size, 3), np.uint8)
+            if not celled.all():
+                images[~celled] = self.get(records[~celled], size, aspect, stain=stain, **crop)
+            crops, local_owner = self.get_cells(
+                records[celled], size, cell.scale, cell.max_cells, stain=stain
+            )
+            first = np.r_[True, local_owner[1:] != local_owner[:-1]]
+            images[celled] = crops[first]
+            return images, crops[~first], np.flatnonzero(celled)[local_owner[~first]]
 
         def training_inputs(stain=None) -> tuple[np.ndarray, pd.DataFrame]:
-            images = self.get(train_records, size, aspect, stain=stain, **crop)
+            images = images_of(train_records, stain)[0]
             if not (tile.label_tiles and tiled_sources):
                 return images, train_records
             tiled = train_records["source"].astype(str).isin(tiled_sources).to_numpy()
@@ -410,7 +500,7 @@ class ImageCache:
                 train, d.stain_normalize, sources=train_rows["source"].astype(str), seed=seed
             )
             train, train_rows = training_inputs(reference)
-        test = self.get(test_records, size, aspect, stain=reference, **crop)
+        test, cells, cell_owner = images_of(test_records, reference)
         test_tiled = test_records["source"].astype(str).isin(tiled_sources).to_numpy()
         if test_tiled.any():
             tiles, local_owner = self.get_tiles(
@@ -418,7 +508,7 @@ class ImageCache:
             )
             owner = np.flatnonzero(test_tiled)[local_owner]
         else:
-            tiles, owner = np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64)
+            tiles, owner = empty
         return FoldImages(
             train=train,
             train_records=train_rows,
@@ -428,6 +518,10 @@ class ImageCache:
             stain_reference=reference,
             aggregate=tile.aggregate,
             top_k=tile.top_k,
+            cells=cells,
+            cell_owner=cell_owner,
+            cell_aggregate=cell.aggregate,
+            cell_top_k=cell.top_k,
         )
 
 

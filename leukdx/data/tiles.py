@@ -36,7 +36,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -246,6 +246,13 @@ class FoldImages:
         tile_owner: ``(T,)`` test-record index of each tile.
         stain_reference: the reference fitted on this fold's training images, or ``None``.
         aggregate: ``mean``, ``max`` or ``topk``; ``top_k``: the ``k`` of ``topk``.
+        cells: ``(C, S, S, 3)`` ``uint8`` crops of the **other** nuclei of cell-cropped test
+            records (``data.crop: cell``; :mod:`leukdx.data.cells`). The crop of each record's
+            largest nucleus is its row of ``test`` (and of ``train``, with the record's
+            label); the other crops are only scored at test, never trained on.
+        cell_owner: ``(C,)`` test-record index of each crop of ``cells``.
+        cell_aggregate: how a cell-cropped record's crops (its ``test`` row and its
+            ``cells``) become one probability; ``cell_top_k``: the ``k`` of ``topk``.
 
     Example:
         >>> fold = cache.fold_images(train_records, test_records, cfg.data)
@@ -261,6 +268,10 @@ class FoldImages:
     stain_reference: object | None = None
     aggregate: str = "mean"
     top_k: int = 3
+    cells: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0, 3), np.uint8))
+    cell_owner: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    cell_aggregate: str = "max"
+    cell_top_k: int = 3
 
     @property
     def tiled(self) -> np.ndarray:
@@ -271,31 +282,41 @@ class FoldImages:
 
     @property
     def test_inputs(self) -> np.ndarray:
-        """Whole test images followed by the tiles: what the model scores."""
-        if len(self.tiles) == 0:
-            return self.test
-        return np.concatenate([self.test, self.tiles])
+        """Test images (or largest-nucleus crops), then the tiles, then the other cell crops:
+        what the model scores."""
+        parts = [self.test, *(x for x in (self.tiles, self.cells) if len(x))]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def test_probabilities(self, probs: np.ndarray) -> np.ndarray:
         """One probability per test record from the model's scores of :attr:`test_inputs`.
 
-        Records of tiled sources get the aggregate of their tiles; the others their own
-        whole-image probability.
+        Records of tiled sources get the aggregate of their tiles; records with several cell
+        crops the ``cell_aggregate`` of their largest-nucleus crop (their ``test`` row) and
+        their other crops; the others their own probability.
 
         Args:
-            probs: ``(M + T,)`` probabilities in the order of :attr:`test_inputs`, or ``(M,)``
-                when there are no tiles.
+            probs: ``(M + T + C,)`` probabilities in the order of :attr:`test_inputs`
+                (``(M,)`` when there are no tiles and no extra cell crops).
 
         Returns:
             ``(M,)`` float64 probabilities aligned with the test records.
         """
         probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-        m, t = len(self.test), len(self.tiles)
-        if len(probs) != m + t:
+        m, t, c = len(self.test), len(self.tiles), len(self.cells)
+        if len(probs) != m + t + c:
             raise ValueError(
-                f"Expected {m + t} probabilities ({m} test images + {t} tiles), got {len(probs)}."
+                f"Expected {m + t + c} probabilities ({m} test images + {t} tiles + {c} cell "
+                f"crops), got {len(probs)}."
             )
         out = probs[:m].copy()
+        if c:
+            owner = np.asarray(self.cell_owner, dtype=np.int64).reshape(-1)
+            rows = np.unique(owner)
+            local = np.searchsorted(rows, np.concatenate([rows, owner]))
+            out[rows] = aggregate_tile_probs(
+                np.concatenate([probs[rows], probs[m + t :]]), local, self.cell_aggregate,
+                k=self.cell_top_k, n_images=len(rows),
+            )
         if t:
             # aggregate over the tiled records only (owners renumbered 0 .. n_tiled - 1)
             tiled_rows = np.flatnonzero(self.tiled)
