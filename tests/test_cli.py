@@ -146,6 +146,7 @@ def test_tfds_builds_one_split_per_source(collection, workdir, capsys):
 # --------------------------------------------------------------------------- train and use
 
 
+@pytest.mark.slow
 def test_train_writes_a_finished_run_with_its_device_settings(run_dir):
     from leukdx.precision import gpu_available, resolve_precision
 
@@ -158,12 +159,14 @@ def test_train_writes_a_finished_run_with_its_device_settings(run_dir):
     assert not (run_dir / "backup").exists()
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing(run_dir, config_file):
     before = _hashes(run_dir)
     assert main(["train", "-c", str(config_file), "--out", str(run_dir)]) == 0
     assert _hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_more_epochs_on_a_finished_run_are_refused_and_the_model_kept(run_dir, config_file,
                                                                        capsys):
     before = _hashes(run_dir)
@@ -175,6 +178,7 @@ def test_more_epochs_on_a_finished_run_are_refused_and_the_model_kept(run_dir, c
     assert _hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_another_config_in_the_run_folder_is_refused(run_dir, config_file, capsys):
     before = _hashes(run_dir)
     capsys.readouterr()
@@ -185,6 +189,7 @@ def test_another_config_in_the_run_folder_is_refused(run_dir, config_file, capsy
     assert _hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_predict_writes_a_probability_per_image(run_dir, collection, workdir, capsys):
     out = workdir / "predictions.csv"
     assert main(["predict", str(run_dir), str(collection / "source_1"), "--out", str(out)]) == 0
@@ -194,6 +199,7 @@ def test_predict_writes_a_probability_per_image(run_dir, collection, workdir, ca
     assert set(table["label"]) <= {"healthy", "leukaemia", 0, 1}
 
 
+@pytest.mark.slow
 def test_export_keras_copy_predicts_like_the_run(run_dir, collection, workdir):
     from leukdx.data.decode import load_image
     from leukdx.train import load_model
@@ -208,6 +214,7 @@ def test_export_keras_copy_predicts_like_the_run(run_dir, collection, workdir):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_explain_writes_one_heat_map_per_image(run_dir, collection, workdir, capsys):
     from PIL import Image
 
@@ -222,6 +229,7 @@ def test_explain_writes_one_heat_map_per_image(run_dir, collection, workdir, cap
             assert png.format == "PNG" and min(png.size) >= SIZE
 
 
+@pytest.mark.slow
 def test_evaluate_lodo_then_features_and_compare(config_file, workdir, capsys):
     results = workdir / "results"
     # one LODO fold (source_1 held out, trained on source_2) keeps this quick
@@ -335,6 +343,7 @@ def test_garbage_keras_file_is_not_called_missing(tmp_path, collection, capsys):
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
 def test_keras_file_naming_an_arbitrary_callable_is_refused(run_dir, tmp_path, collection,
                                                             capsys):
     with zipfile.ZipFile(run_dir / "model.keras") as archive:
