@@ -189,10 +189,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{DEFAULT_OUTPUT} exists; writing {out.name} instead (--out chooses the file)",
               file=sys.stderr)
     result = predict_paths(args.model, args.paths, out=out, batch_size=args.batch_size,
-                           threshold=args.threshold)
+                           threshold=args.threshold, tta=args.tta)
     print(f"{result.n_predicted} images predicted -> {Path(result.csv_path).absolute()}")
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from leukdx.pretrain import pretrain_from_config
+
+    cfg = _config(args)
+    result = pretrain_from_config(cfg, args.out)
+    print(f"pretrained backbone: {result.weights_path} (NT-Xent loss "
+          f"{result.losses[0]:.3f} -> {result.losses[-1]:.3f}); fine-tune it with "
+          f"--set model.weights={result.weights_path}")
     return 0
 
 
@@ -301,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "summary.csv) whose cross-dataset results go into the model card")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("pretrain", help="self-supervised (SimCLR) backbone pretraining, no labels")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="folder for backbone.weights.h5 + pretrain.json")
+    p.set_defaults(func=cmd_pretrain)
+
     p = sub.add_parser("predict", help="P(leukaemia) for image files or folders -> CSV")
     p.add_argument("model", help=".keras file, run folder or exported SavedModel folder")
     p.add_argument("paths", nargs="+", help="image files or folders (recursive)")
@@ -308,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "predictions_2.csv... when it exists: never overwritten)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threshold", type=float, default=None, help="default: the model's own")
+    p.add_argument("--tta", type=int, default=1, metavar="N",
+                   help="average over N of the 8 flips/rotations by 90 degrees (1-8, default 1)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="Grad-CAM heat-maps overlaid on the images")

@@ -433,6 +433,7 @@ def predict_paths(
     *,
     progress: bool = True,
     workers: int | None = None,
+    tta: int = 1,
 ) -> PredictResult:
     """Classify image files and folders; write ``path,probability,label`` rows to a CSV.
 
@@ -445,6 +446,8 @@ def predict_paths(
             the model's run (``train.threshold``, 0.5 without a config).
         progress: show a tqdm progress bar.
         workers: decoding threads (default: up to 4 or the CPU count).
+        tta: average P(leukaemia) over this many of the 8 flips/rotations by 90 degrees
+            (:mod:`leukdx.tta`; 1 = none); works for every kind of model.
 
     Returns:
         A :class:`PredictResult`; unreadable files are in ``skipped``, never fatal.
@@ -459,8 +462,11 @@ def predict_paths(
     """
     from tqdm.auto import tqdm
 
+    from leukdx.tta import check_tta, tta_average
+
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size!r}.")
+    tta = check_tta(tta)
     files = collect_image_paths(paths)
     if not files:
         log.warning("No image files (%s) found in the given paths.", ", ".join(IMAGE_EXTENSIONS))
@@ -493,7 +499,7 @@ def predict_paths(
                     skipped.append((str(path), reason))
                     log.warning("Skipped %s: %s", path, reason)
             if images:
-                probs = predictor.predict(np.stack(images))
+                probs = tta_average(predictor.predict, np.stack(images), tta)
                 rows_path.extend(good_paths)
                 rows_prob.extend(float(p) for p in probs)
             bar.update(len(chunk))

@@ -67,3 +67,23 @@ def test_rotations_of_non_square_images_are_refused_but_flips_work():
                                   np.zeros(2))
     with pytest.raises(ValueError, match="square"):
         tta_average(lambda x: np.zeros(len(x)), images, 8)
+
+
+def test_predict_paths_with_tta_is_invariant_to_rotated_files(model, images, tmp_path):
+    from PIL import Image
+
+    from leukdx.cli import build_parser
+    from leukdx.predict import predict_paths
+
+    for folder, index in (("plain", 0), ("rotated", 4)):
+        (tmp_path / folder).mkdir()
+        for i, image in enumerate(dihedral_transform(images, index)):
+            Image.fromarray(np.ascontiguousarray(image)).save(tmp_path / folder / f"{i}.png")
+    probs = {
+        (folder, n): predict_paths(model, tmp_path / folder, out=None, tta=n,
+                                   progress=False).table["probability"].to_numpy()
+        for folder in ("plain", "rotated") for n in (1, 8)
+    }
+    assert np.abs(probs["plain", 1] - probs["rotated", 1]).max() > 1e-4
+    np.testing.assert_allclose(probs["plain", 8], probs["rotated", 8], atol=1e-5)
+    assert build_parser().parse_args(["predict", "m.keras", "x/", "--tta", "8"]).tta == 8
