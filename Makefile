@@ -16,7 +16,7 @@ FORMAT ?= savedmodel tflite keras
 
 overrides = $(if $(DATA),--set data.root=$(DATA)) $(foreach s,$(SET),--set $(s))
 
-.PHONY: install test lint demo train evaluate export bench clean help
+.PHONY: install test lint demo train evaluate export bench lodo-bench clean help
 
 help:
 	@echo "make demo      synthetic data -> small LODO evaluation -> summary table (no download)"
@@ -25,6 +25,7 @@ help:
 	@echo "make evaluate  CONFIG=... [DATA=...] [OUT=results/NAME]"
 	@echo "make export    RUN=runs/NAME [OUT=exports/NAME] [FORMAT='savedmodel tflite keras']"
 	@echo "make bench     measured speed of pipeline, training, serving -> benchmarks/"
+	@echo "make lodo-bench  LODO ablation of the generalisation techniques -> benchmarks/lodo.md"
 	@echo "make lint      ruff"
 
 install: $(VENV)/.installed
@@ -57,6 +58,12 @@ export: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py --data $(or $(DATA),../shared/data) --out benchmarks
+
+# LODO ablation of the generalisation techniques (resumable): VARIANTS=a,b RUNS=1 EPOCHS=12
+lodo-bench: install
+	$(BIN)/python benchmarks/lodo.py --data $(or $(DATA),../shared/data) \
+		$(if $(VARIANTS),--variants $(VARIANTS)) $(if $(RUNS),--runs $(RUNS)) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SIZE),--size $(SIZE))
 
 clean:
 	rm -rf runs results exports demo_data .leukdx_cache benchmarks/_work
