@@ -33,8 +33,10 @@ is all Grad-CAM needs, and ``model.get_layer(spec.feature_layer).output`` gives 
 features. :func:`backbone_layers` returns the backbone's layers of any built or loaded
 model. With pretrained weights, BatchNormalization layers keep their moving statistics
 (:class:`leukdx.models.layers.InferenceBatchNormalization`); with ``weights: none`` they
-learn as usual, since there is nothing pretrained to keep. No ``Lambda`` layers are used, so
-models load with ``safe_mode=True``.
+learn as usual, since there is nothing pretrained to keep. ``model.norm: group|layer``
+builds the backbone with GroupNormalization / LayerNormalization in place of
+BatchNormalization (:mod:`leukdx.models.norm`). No ``Lambda`` layers are used, so models load
+with ``safe_mode=True``.
 
 Example:
     >>> from leukdx.config import ModelConfig
