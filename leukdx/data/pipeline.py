@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 # (sha256, size, aspect, variant): variant is "" for the plain decode, else tags such as
-# "c0.5" (centre crop), "t256s256" (tiles) and "s<reference fingerprint>" (stain) joined by "+".
+# "c0.5" (centre crop), "t256s256" (tiles), "n2.2m8" (nucleus-centred crops) and
+# "s<reference fingerprint>" (stain) joined by "+".
 _Key = tuple[str, int, str, str]
 _TILES = "tiles"  # the aspect slot of tile keys: a stack of tiles, not one image
 _CELLS = "cells"  # the aspect slot of nucleus-centred crops: a stack, largest nucleus first
