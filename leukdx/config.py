@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import os
 import types
 import typing
@@ -28,6 +29,7 @@ from typing import Any, Union
 import yaml
 
 from leukdx.errors import ConfigError
+from leukdx.io import atomic_write_text
 
 __all__ = [
     "AugmentConfig",
@@ -41,10 +43,12 @@ __all__ = [
     "HeadConfig",
     "ModelConfig",
     "PretrainConfig",
+    "RayConfig",
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "records_key",
     "save_config",
     "validate_config",
 ]
@@ -285,6 +289,25 @@ class TrainConfig:
 
 
 @dataclass
+class RayConfig:
+    """How ``evaluate.executor: ray`` runs folds.
+
+    Args:
+        address: the Ray cluster: ``null`` starts a local Ray instance, ``auto`` joins the
+            one ``ray start`` made on this machine, ``ray://HOST:10001`` a remote one.
+        num_cpus_per_fold: CPUs each fold's task asks for.
+        num_gpus_per_fold: GPUs each fold's task asks for; ``auto``: 1 when the cluster has
+            GPUs, else 0.
+        max_retries: times Ray re-runs a fold whose worker died.
+    """
+
+    address: str | None = None
+    num_cpus_per_fold: float = 1.0
+    num_gpus_per_fold: float | str = "auto"
+    max_retries: int = 2
+
+
+@dataclass
 class EvaluateConfig:
     """Cross-dataset evaluation protocol.
 
@@ -306,6 +329,9 @@ class EvaluateConfig:
         plots: write PNG plots.
         tta: test-time augmentation: average P(leukaemia) over the first ``tta`` of the 8
             flips/rotations by 90 degrees (:mod:`leukdx.tta`); ``1`` predicts plainly.
+        executor: where folds train: ``local`` (one after another in this process) or
+            ``ray`` (one Ray task per fold, side by side; :mod:`leukdx.evaluation.executors`).
+        ray: settings of ``executor: ray`` (:class:`RayConfig`).
     """
 
     protocol: str = "lodo"
@@ -320,6 +346,8 @@ class EvaluateConfig:
     save_predictions: bool = True
     plots: bool = True
     tta: int = 1
+    executor: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass
@@ -422,6 +450,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.distribution": ("auto", "none", "mirrored", "multi_worker"),
     "train.class_weight": ("none", "balanced"),
     "evaluate.protocol": ("lodo", "kfold", "holdout", "external"),
+    "evaluate.executor": ("local", "ray"),
 }
 
 
@@ -546,6 +575,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"'evaluate.tta' is {e.tta}; it counts flips/rotations to average, from 1 (none) to 8."
         )
+    _check_ray(e.ray)
     pre = cfg.pretrain
     if pre.temperature <= 0:
         raise ConfigError(f"'pretrain.temperature' is {pre.temperature}; it must be above 0.")
@@ -588,6 +618,30 @@ def _validate(cfg: Config) -> None:
             )
     for key in e.grid:
         _check_dotted_key(key, where="evaluate.grid")
+
+
+def _check_ray(r: RayConfig) -> None:
+    """``evaluate.ray``: positive CPUs, ``auto`` or a non-negative GPU count, retries >= 0."""
+    gpus = r.num_gpus_per_fold
+    if isinstance(gpus, str) and gpus.strip().lower() != "auto":
+        try:
+            gpus = float(gpus)
+        except ValueError:
+            raise ConfigError(f"'evaluate.ray.num_gpus_per_fold' is {gpus!r}; use auto or a "
+                              "number of GPUs (e.g. 1, or 0.5 to share a GPU).") from None
+    if isinstance(gpus, str):
+        r.num_gpus_per_fold = "auto"
+    elif isinstance(gpus, bool) or float(gpus) < 0:
+        raise ConfigError(f"'evaluate.ray.num_gpus_per_fold' is {gpus!r}; use auto or a "
+                          "number of GPUs of at least 0.")
+    else:
+        r.num_gpus_per_fold = float(gpus)
+    if not r.num_cpus_per_fold > 0:
+        raise ConfigError(f"'evaluate.ray.num_cpus_per_fold' is {r.num_cpus_per_fold}; it must "
+                          "be above 0.")
+    if r.max_retries < 0:
+        raise ConfigError(f"'evaluate.ray.max_retries' is {r.max_retries}; it must be at "
+                          "least 0.")
 
 
 def _jit_compile_setting(value: Any) -> bool | str:
@@ -772,13 +826,27 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
-    """Write the fully resolved config as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    """Write the fully resolved config as YAML (atomically, through :mod:`leukdx.io`)."""
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+# Data settings that only change how images are decoded, not which records there are.
+DECODE_ONLY_KEYS: tuple[str, ...] = ("image_size", "aspect", "cache", "cache_dir", "workers")
+
+
+def records_key(cfg: Config) -> str:
+    """A text key equal for two configs that select the same records and seed.
+
+    Evaluations share one loaded collection (and its splits) between grid points with the
+    same key; decoding settings (:data:`DECODE_ONLY_KEYS`) do not change it.
+
+    Example:
+        >>> a = Config()
+        >>> records_key(a) == records_key(replace(a, {"data.image_size": 64}))
+        True
+    """
+    data = {k: v for k, v in config_to_dict(cfg.data).items() if k not in DECODE_ONLY_KEYS}
+    return json.dumps({"data": data, "seed": cfg.seed}, sort_keys=True, default=str)
 
 
 def replace(cfg: Config, overrides: Mapping[str, Any]) -> Config:

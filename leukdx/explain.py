@@ -37,7 +37,8 @@ import pandas as pd
 from PIL import Image
 
 from leukdx.data.decode import BadImageError, load_image, read_image
-from leukdx.predict import CLASS_NAMES, LoadedModel, collect_image_paths, load_keras_model
+from leukdx.models.io import LoadedModel, load_keras_model
+from leukdx.predict import CLASS_NAMES, collect_image_paths
 
 __all__ = [
     "EXPLANATIONS_CSV",

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from leukdx.config import Config, load_config
 from leukdx.data.decode import (
     IMAGE_EXTENSIONS,
     BadImageError,
@@ -52,19 +51,16 @@ from leukdx.data.decode import (
 from leukdx.errors import ModelFileError, UnsafeModelError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    import keras
+    from leukdx.models.io import LoadedModel
 
 __all__ = [
     "CLASS_NAMES",
-    "LoadedModel",
     "ModelFileError",
     "PredictResult",
     "Predictor",
     "UnsafeModelError",
     "collect_image_paths",
     "default_output_path",
-    "find_saved_model",
-    "load_keras_model",
     "load_predictor",
     "predict_paths",
     "read_serving_metadata",
@@ -72,135 +68,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Model loading lives in leukdx.models.io; these names stay importable from here, and
+# importing this module still does not import Keras (leukdx.models does) until one is used.
+_MODEL_IO_NAMES = frozenset({
+    "CONFIG_FILE", "DEFAULT_ASPECT", "DEFAULT_THRESHOLD", "MODEL_FILE", "SAVED_MODEL_DIR",
+    "SAVED_MODEL_FILE", "LoadedModel", "find_saved_model", "load_keras_model",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODEL_IO_NAMES:
+        from leukdx.models import io as model_io
+
+        return getattr(model_io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Label index → class name. Probabilities are P(leukaemia), the positive class.
 CLASS_NAMES: tuple[str, str] = ("healthy", "leukaemia")
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.yaml"
-SAVED_MODEL_FILE = "saved_model.pb"
-SAVED_MODEL_DIR = "savedmodel"  # the SavedModel's folder inside an export folder
 # Serving facts written by leukdx.export next to the graph (TF Serving's place for extra files).
 SERVING_METADATA = Path("assets.extra") / "leukdx_serving.json"
 
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_ASPECT = "stretch"
-
-
-# --------------------------------------------------------------------------- loading models
-
-
-@dataclass
-class LoadedModel:
-    """A Keras model together with the run it came from.
-
-    Attributes:
-        model: the Keras model (input float32 [0, 255] images, output (B, 1) P(leukaemia)).
-        config: the run's config, or ``None`` when the model came without one.
-        run_dir: the run folder, or ``None``.
-        model_path: the ``.keras`` file, or ``None`` for an in-memory model.
-    """
-
-    model: keras.Model
-    config: Config | None = None
-    run_dir: Path | None = None
-    model_path: Path | None = None
-
-    @property
-    def image_size(self) -> int:
-        """Side of the square input: the model's own input size, else ``data.image_size``."""
-        shape = tuple(self.model.input_shape)
-        if len(shape) == 4 and shape[1] is not None and shape[1] == shape[2]:
-            return int(shape[1])
-        if self.config is not None:
-            return int(self.config.data.image_size)
-        raise ValueError(
-            f"The model's input shape {shape} has no fixed square size and no config.yaml "
-            "says which size it was trained at; use the run folder instead of the bare model."
-        )
-
-    @property
-    def aspect(self) -> str:
-        """``stretch`` or ``pad``, as the training images were resized (``data.aspect``)."""
-        return self.config.data.aspect if self.config is not None else DEFAULT_ASPECT
-
-    @property
-    def threshold(self) -> float:
-        """Probability at or above which an image is called leukaemia (``train.threshold``)."""
-        return float(self.config.train.threshold) if self.config is not None else DEFAULT_THRESHOLD
-
-
-def _load_keras_file(path: Path) -> keras.Model:
-    """Load with safe mode through :func:`leukdx.train.load_model`.
-
-    Raises:
-        UnsafeModelError: the file holds code that safe mode refuses to run.
-        ModelFileError: the file is corrupt, not a ``.keras`` archive, or not a leukdx model.
-    """
-    from leukdx.train import load_model
-
-    return load_model(path)
-
-
-def load_keras_model(source: Any) -> LoadedModel:
-    """Resolve a run folder, ``.keras`` file or in-memory model to a :class:`LoadedModel`.
-
-    Args:
-        source: a ``keras.Model``, a ``.keras`` file, or a run folder holding ``model.keras``
-            (its ``config.yaml`` is read too; a ``config.yaml`` beside a ``.keras`` file is
-            also used).
-
-    Returns:
-        The model with its config (``None`` when there is none).
-
-    Raises:
-        FileNotFoundError: the path does not exist or holds no ``model.keras``.
-        ValueError: the path is a SavedModel (use :func:`load_predictor` for those).
-        UnsafeModelError: the file contains code that safe mode refuses to run.
-        ModelFileError: the file is corrupt, not a ``.keras`` archive, or not a leukdx model.
-    """
-    if not isinstance(source, (str, os.PathLike)):
-        if not hasattr(source, "predict"):
-            raise TypeError(
-                f"Expected a keras.Model, a .keras file or a run folder, got {type(source)!r}."
-            )
-        return LoadedModel(model=source)
-    path = Path(source)
-    if path.is_dir():
-        run_dir, model_path = path, path / MODEL_FILE
-        if not model_path.is_file() and find_saved_model(path) is not None:
-            raise ValueError(
-                f"'{path}' is a TensorFlow SavedModel, which has no Keras layers to load or "
-                "explain; give the run folder or the .keras file it was exported from."
-            )
-        if not model_path.is_file():
-            raise FileNotFoundError(
-                f"'{path}' is a folder without {MODEL_FILE}: give a run folder made by "
-                "`leukdx train` or a .keras file."
-            )
-    elif path.is_file():
-        run_dir, model_path = path.parent, path
-    else:
-        raise FileNotFoundError(f"No model at '{path}': the path does not exist.")
-    config_path = run_dir / CONFIG_FILE
-    config = load_config(config_path) if config_path.is_file() else None
-    model = _load_keras_file(model_path)
-    return LoadedModel(
-        model=model,
-        config=config,
-        run_dir=run_dir if config is not None else None,
-        model_path=model_path,
-    )
-
-
-def find_saved_model(path: str | os.PathLike) -> Path | None:
-    """The SavedModel folder at ``path`` (itself, or its ``savedmodel/``), or ``None``."""
-    path = Path(path)
-    if not path.is_dir():
-        return None
-    for folder in (path, path / SAVED_MODEL_DIR):
-        if (folder / SAVED_MODEL_FILE).is_file():
-            return folder
-    return None
 
 
 def read_serving_metadata(saved_model_dir: str | os.PathLike) -> dict[str, Any]:
@@ -287,6 +176,8 @@ class _SavedModelPredictor(Predictor):
             self.image_size = int(spec.shape[1])
         else:
             self.image_size = None
+        from leukdx.models.io import DEFAULT_ASPECT, DEFAULT_THRESHOLD
+
         self.aspect = str(meta.get("aspect", DEFAULT_ASPECT))
         self.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
 
@@ -317,6 +208,8 @@ def load_predictor(model: Any, batch_size: int = 32) -> Predictor:
     Returns:
         The predictor.
     """
+    from leukdx.models.io import MODEL_FILE, find_saved_model, load_keras_model
+
     if isinstance(model, (str, os.PathLike)):
         saved_model = find_saved_model(model)
         if saved_model is not None and not (Path(model) / MODEL_FILE).is_file():

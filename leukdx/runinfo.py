@@ -12,12 +12,12 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from leukdx.io import atomic_write_json
 
 __all__ = ["cpu_model", "device_info", "read_json", "software_versions", "write_json_atomic"]
 
@@ -77,27 +77,12 @@ def device_info() -> dict[str, Any]:
     }
 
 
-def _json_safe(value: Any) -> Any:
-    """NumPy scalars and arrays to plain Python; NaN/inf to None (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON so that readers never see a half-written file.
 
-    The text goes to a temporary file in the same folder which then replaces ``path``
-    (``os.replace`` is atomic on one file system), so a run killed mid-write leaves either
-    the old file or the new one.
+    Goes through :func:`leukdx.io.atomic_write_json`, so a run killed mid-write leaves either
+    the old file or the new one, and the file has the usual permissions (``0644`` under the
+    default umask), like every other output.
 
     Args:
         data: JSON-serialisable mapping (NumPy values and NaN are converted).
@@ -106,18 +91,7 @@ def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> Path:
     Returns:
         The destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(data), indent=2, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(data, path)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any] | None:

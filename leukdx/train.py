@@ -42,7 +42,6 @@ import logging
 import os
 import shutil
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ import pandas as pd
 import yaml
 
 from leukdx.config import Config, ConfigError, TrainConfig, config_to_dict, save_config
-from leukdx.errors import ModelFileError, RunFolderError, UnsafeModelError
+from leukdx.errors import RunFolderError
 from leukdx.runinfo import device_info, read_json, software_versions, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -153,66 +152,13 @@ class RunResult:
 
 
 def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model:
-    """Load a ``.keras`` model with ``safe_mode=True`` (no arbitrary code is run).
+    """:func:`leukdx.models.io.load_model`, kept here for callers of ``leukdx.train``.
 
-    leukdx's custom layers (backbone preprocessing, LRN, augmentation layers) are registered
-    when their modules are imported, which this function does first.
-
-    Args:
-        path: a ``.keras`` file or a run folder containing ``model.keras``.
-        compile: also restore the optimizer and loss (needed only to continue training).
-
-    Returns:
-        The Keras model, with ``jit_compile`` set by the same rule as training
-        (:func:`leukdx.precision.resolve_jit_compile`).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ModelFileError: the file is not a readable ``.keras`` archive or does not describe a
-            model Keras can rebuild from registered layers.
-        UnsafeModelError: the file holds code (a ``Lambda`` layer, an arbitrary callable)
-            that safe mode refuses to run.
+    Importing :mod:`leukdx.train` does not import Keras; this imports it on first use.
     """
-    import keras
+    from leukdx.models.io import load_model as load
 
-    import leukdx.data.augment  # noqa: F401  (registers augmentation layers)
-    import leukdx.models  # noqa: F401  (registers model layers)
-    from leukdx.precision import resolve_jit_compile
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No model at {path}: give a .keras file or a run folder made by `leukdx train`."
-        )
-    # Keras reports a file that is not a zip archive as "File not found"; say what it is.
-    if not zipfile.is_zipfile(path):
-        raise ModelFileError(
-            f"{path} is not a Keras .keras file (a zip archive): it is truncated, corrupt or "
-            "another format. Give the model.keras of a run folder made by `leukdx train`."
-        )
-    try:
-        model = keras.models.load_model(path, compile=compile, safe_mode=True)
-    except Exception as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        if "safe_mode" in reason or "unsafe" in reason.lower() or "lambda" in reason.lower():
-            raise UnsafeModelError(
-                f"Refusing to load '{path}': it contains code (such as a Lambda layer) that "
-                "would run when the file is opened. leukdx loads models in Keras safe mode "
-                "only; leukdx models never need Lambda layers, so rebuild the model with "
-                "registered layers instead."
-            ) from exc
-        first_sentence = reason.split(". ")[0][:200]
-        raise ModelFileError(
-            f"Cannot load '{path}' as a leukdx model ({type(exc).__name__}: {first_sentence}). "
-            "It was not saved by leukdx, or names layers or functions leukdx does not "
-            "register; give the model.keras of a run folder made by `leukdx train`."
-        ) from exc
-    jit_compile = resolve_jit_compile("auto")
-    if jit_compile != "auto":  # on a GPU Keras' own default already decides per model
-        model.jit_compile = jit_compile
-    return model
+    return load(path, compile=compile)
 
 
 def make_optimizer(train_cfg: TrainConfig) -> keras.optimizers.Optimizer:
@@ -279,7 +225,8 @@ def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
         mode: ``none`` or ``balanced`` (``train.class_weight``).
 
     Returns:
-        ``{0: w0, 1: w1}`` with ``w_c = n / (2 * n_c)``, or ``None`` for ``none``.
+        ``{0: w0, 1: w1}`` with ``w_c = n / (2 * n_c)`` (scikit-learn's
+        ``compute_class_weight('balanced')``), or ``None`` for ``none``.
 
     Example:
         >>> class_weights(np.array([0, 0, 0, 1]), "balanced")
@@ -296,8 +243,10 @@ def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
             "'train.class_weight: balanced' needs both classes in the training set; "
             f"found {int(counts[0])} healthy and {int(counts[1])} leukaemia images."
         )
-    n = float(labels.size)
-    return {c: n / (2.0 * float(counts[c])) for c in (0, 1)}
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels)
+    return {c: float(weights[c]) for c in (0, 1)}
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:

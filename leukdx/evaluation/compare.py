@@ -26,9 +26,15 @@ from typing import Any
 
 import pandas as pd
 
-from leukdx.evaluation.ledger import CONFIG_COLUMNS, atomic_write_text, read_predictions
+from leukdx.evaluation.ledger import (
+    CONFIG_COLUMNS,
+    FOLDS_FILE,
+    PREDICTIONS_DIR,
+    atomic_write_text,
+    predictions_name,
+    read_predictions,
+)
 from leukdx.evaluation.metrics import METRIC_NAMES
-from leukdx.evaluation.runner import FOLDS_FILE, PREDICTIONS_DIR, predictions_name
 from leukdx.evaluation.stats import (
     ALIGN_COLUMNS,
     align_predictions,

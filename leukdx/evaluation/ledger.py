@@ -44,6 +44,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -55,11 +56,14 @@ from filelock import FileLock, Timeout
 
 from leukdx.errors import LedgerError
 from leukdx.evaluation.metrics import COUNT_NAMES, METRIC_NAMES
+from leukdx.io import atomic_write_text
 
 __all__ = [
     "CONFIG_COLUMNS",
     "FOLD_COLUMNS",
     "FOLD_KEY_COLUMNS",
+    "FOLDS_FILE",
+    "PREDICTIONS_DIR",
     "PREDICTION_COLUMNS",
     "PROVENANCE_COLUMNS",
     "FoldClaim",
@@ -69,6 +73,7 @@ __all__ = [
     "config_labels",
     "format_mean_std",
     "markdown_table",
+    "predictions_name",
     "read_predictions",
     "summarize",
     "write_predictions",
@@ -97,6 +102,9 @@ _INT_COLUMNS = (
 )
 PREDICTION_COLUMNS: tuple[str, ...] = ("path", "label", "probability", "prediction")
 CLAIMS_DIR = ".claims"
+# A results folder: the ledger and one predictions file per fold.
+FOLDS_FILE = "folds.csv"
+PREDICTIONS_DIR = "predictions"
 
 # Column abbreviations of LeukNet's tables.
 METRIC_ABBREVIATIONS = {
@@ -112,24 +120,17 @@ METRIC_ABBREVIATIONS = {
 }
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder + ``os.replace``.
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(text)).strip("_") or "x"
 
-    Readers (and a crash) see either the old file or the new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+def predictions_name(row: Mapping[str, Any]) -> str:
+    """File name of a fold's predictions (in ``predictions/``), made from its ledger key."""
+    name = "__".join(_slug(row[c]) for c in FOLD_KEY_COLUMNS)
+    if len(name) > 180:  # keep within file-name limits, still unique
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = name[:160] + "__" + digest
+    return name + ".csv"
 
 
 def _cell(value: Any) -> str:
@@ -557,8 +558,8 @@ def write_summary(
     n_runs = folds["run"].nunique() if "run" in folds.columns else 1
     md = (
         "# Results\n\n"
-        f"Mean ± standard deviation over folds and runs ({len(folds)} folds rows, "
-        f"{n_runs} run(s) per fold), in %. A: accuracy, P: precision, R: recall "
+        "Mean ± standard deviation over the folds and runs of each configuration "
+        f"({len(folds)} trained folds in {FOLDS_FILE}, {n_runs} run(s) per fold), in %. A: accuracy, P: precision, R: recall "
         "(sensitivity), S: specificity, MCC: Matthews correlation coefficient. "
         "Best mean per test source in bold.\n\n" + markdown_table(summary)
     )

@@ -64,13 +64,15 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from leukdx.config import Config, ConfigError, config_to_dict, replace
+from leukdx.config import Config, ConfigError, config_to_dict, records_key, replace
 from leukdx.errors import RunFolderError
 from leukdx.evaluation.ledger import (
-    FOLD_KEY_COLUMNS,
+    FOLDS_FILE,
+    PREDICTIONS_DIR,
     Ledger,
     LedgerError,
     atomic_write_text,
+    predictions_name,
     read_predictions,
     summarize,
     write_predictions,
@@ -106,11 +108,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FOLDS_FILE = "folds.csv"
 CONFIG_FILE = "config.yaml"
 HASHES_DIR = ".config_hashes"
 LEAKAGE_FILE = "leakage.json"
-PREDICTIONS_DIR = "predictions"
 PLOTS_DIR = "plots"
 # Grid keys that already have a column of their own in folds.csv; any other grid key is
 # written into the ``experiment`` column so that every configuration has a distinct key.
@@ -131,7 +131,7 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "name", "evaluate.runs", "evaluate.plots", "evaluate.save_predictions", "evaluate.grid",
     "train.verbose", "train.tensorboard", "data.cache", "data.cache_dir", "data.workers",
     "features.cache_dir", "features.tsne", "features.pca_components", "features.pca_above",
-    "executor",
+    "executor", "evaluate.executor", "evaluate.ray",
 )
 # Left out of the folder-level check only: each grid point (each feature classifier) has
 # its own key columns and config_hash, so adding one extends the folder's plan.
@@ -237,6 +237,9 @@ class FoldTrainer(Protocol):
 
 
 _TRAINERS: dict[str, Callable[[], FoldTrainer]] = {}
+# Trainers that live in a higher layer are named here, "module:attribute", and imported only
+# when a configuration asks for their task, so importing leukdx.evaluation never imports them.
+TRAINER_ENTRY_POINTS: dict[str, str] = {"features": "leukdx.features.evaluate:FeatureTrainer"}
 
 
 def register_trainer(task: str) -> Callable:
@@ -258,22 +261,20 @@ def register_trainer(task: str) -> Callable:
 
 
 def get_trainer(task: str) -> FoldTrainer:
-    """The registered trainer for ``task`` (``finetune``; ``features`` once its module is in).
+    """The trainer for ``task``: registered, or loaded from :data:`TRAINER_ENTRY_POINTS`.
 
     Raises:
-        ConfigError: no trainer is registered for the task.
+        ConfigError: no trainer is registered or named for the task.
     """
-    if task not in _TRAINERS and task == "features":
+    if task not in _TRAINERS and task in TRAINER_ENTRY_POINTS:
         import importlib
 
-        try:  # the deep-features package registers its trainer when imported
-            importlib.import_module("leukdx.features")
-        except ImportError:
-            pass
+        module, _, attribute = TRAINER_ENTRY_POINTS[task].partition(":")
+        _TRAINERS[task] = getattr(importlib.import_module(module), attribute)
     if task not in _TRAINERS:
         raise ConfigError(
-            f"'task' is {task!r} but no fold trainer is registered for it; registered: "
-            f"{', '.join(sorted(_TRAINERS))}."
+            f"'task' is {task!r} but no fold trainer is registered for it; known: "
+            f"{', '.join(sorted(set(_TRAINERS) | set(TRAINER_ENTRY_POINTS)))}."
         )
     return _TRAINERS[task]()
 
@@ -565,31 +566,13 @@ def fold_seed(cfg: Config, split_position: int, run: int) -> int:
 # ------------------------------------------------------------------------------ the loop
 
 
-# Data settings that change what images are loaded (image size and caching only change how).
-_DECODE_ONLY = ("image_size", "aspect", "cache", "cache_dir", "workers")
-
-
-def _data_key(cfg: Config) -> str:
-    data = {k: v for k, v in config_to_dict(cfg.data).items() if k not in _DECODE_ONLY}
-    return json.dumps({"data": data, "seed": cfg.seed}, sort_keys=True, default=str)
-
-
 def _splits_key(cfg: Config) -> str:
     evaluate = {k: v for k, v in config_to_dict(cfg.evaluate).items() if k != "grid"}
-    return _data_key(cfg) + json.dumps(evaluate, sort_keys=True, default=str)
+    return records_key(cfg) + json.dumps(evaluate, sort_keys=True, default=str)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(text)).strip("_") or "x"
-
-
-def predictions_name(row: Mapping[str, Any]) -> str:
-    """File name of a fold's predictions, made from its ledger key."""
-    name = "__".join(_slug(row[c]) for c in FOLD_KEY_COLUMNS)
-    if len(name) > 180:  # keep within file-name limits, still unique
-        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
-        name = name[:160] + "__" + digest
-    return name + ".csv"
 
 
 @dataclass
@@ -639,7 +622,7 @@ def _make_plans(
     plans = []
     for point in points:
         pcfg = point.cfg
-        data_key = _data_key(pcfg)
+        data_key = records_key(pcfg)
         if data_key not in collections:
             collections[data_key] = collection if collection is not None else load_collection(
                 pcfg.data.root, pcfg.data, progress=progress, seed=pcfg.seed
@@ -1351,13 +1334,12 @@ def run_evaluation(
     report = _Progress(tasks, done, out, plans, keras_models, progress)
     report.announce()
     if len(report.to_train):
-        if cache is None:
-            from leukdx.data.pipeline import ImageCache
+        from leukdx.evaluation.executors import get_executor
 
-            cache = ImageCache.from_config(cfg.data, progress=progress)
         if hasattr(trainer, "epoch_listener"):
             trainer.epoch_listener = report.first_epoch
-        drive_folds(tasks, ledger, out, trainer, cache, report)
+        # local: drive_folds here; ray: one task per fold, rows still written here only
+        get_executor(cfg, progress=progress).run(tasks, ledger, out, trainer, cache, report)
 
     folds = ledger.read()
     mine = [Ledger.key_of(r) in planned

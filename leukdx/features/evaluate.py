@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leukdx.config import Config, ConfigError, config_to_dict, replace
+from leukdx.config import Config, ConfigError, records_key, replace
 from leukdx.evaluation.ledger import (
     FOLD_COLUMNS,
     atomic_write_text,
@@ -54,7 +54,6 @@ from leukdx.evaluation.runner import (
     FoldOutput,
     expand_grid,
     prepare_results_folder,
-    register_trainer,
     run_evaluation,
 )
 from leukdx.features.analysis import (
@@ -79,22 +78,12 @@ log = logging.getLogger(__name__)
 # folds.csv ``strategy`` of a classifier on deep features: "features:<classifier>".
 STRATEGY_PREFIX = "features:"
 CLASSIFIER_GRID_KEY = "features.classifiers"
-FOLDS_FILE = "folds.csv"
 # Loey et al.'s Table 1 reports precision, recall, accuracy and specificity; MCC and ROC AUC
 # are added because they stay informative on imbalanced and cross-dataset test sets.
 TABLE1_METRICS = ("precision", "recall", "accuracy", "specificity", "mcc", "roc_auc")
-# Data settings that only change how images are decoded, not which records there are.
-_DECODE_ONLY = ("image_size", "aspect", "cache", "cache_dir", "workers")
-
-
-def _records_key(cfg: Config) -> str:
-    data = {k: v for k, v in config_to_dict(cfg.data).items() if k not in _DECODE_ONLY}
-    return json.dumps({"data": data, "seed": cfg.seed}, sort_keys=True, default=str)
-
-
 def _features_key(cfg: Config) -> str:
     """Everything the features of a grid point depend on (not the classifier)."""
-    return _records_key(cfg) + json.dumps({
+    return records_key(cfg) + json.dumps({
         "features": [cfg.features.model, cfg.features.layer, cfg.features.cache_dir],
         "model": [cfg.model.backbone, cfg.model.weights],
         "input": [cfg.data.image_size, cfg.data.aspect],
@@ -102,7 +91,6 @@ def _features_key(cfg: Config) -> str:
 
 
 
-@register_trainer("features")
 class FeatureTrainer:
     """Fold trainer of ``task: features``: fit one classic classifier on cached deep features.
 
@@ -138,7 +126,7 @@ class FeatureTrainer:
 
     def records(self, cfg: Config) -> pd.DataFrame:
         """The records of ``cfg`` (the runner's row order: the collection's, index reset)."""
-        key = _records_key(cfg)
+        key = records_key(cfg)
         if key not in self._records:
             if self.collection is not None:
                 collection = self.collection

@@ -155,7 +155,7 @@ def _sha256_file(path: Path) -> str:
 
 def _model_file(path_text: str) -> tuple[Path, Path | None]:
     """(the .keras file, the run folder or None) of ``features.model``."""
-    from leukdx.train import MODEL_FILE
+    from leukdx.models.io import MODEL_FILE
 
     path = Path(path_text).expanduser()
     if path.is_dir():
@@ -184,7 +184,7 @@ def feature_source(cfg: Config) -> FeatureSource:
     """
     layer = cfg.features.layer or "auto"
     if cfg.features.model:
-        from leukdx.train import CONFIG_FILE
+        from leukdx.models.io import CONFIG_FILE
 
         model_path, run_dir = _model_file(cfg.features.model)
         size, aspect, backbone = cfg.data.image_size, cfg.data.aspect, ""
@@ -354,7 +354,7 @@ def build_extractor(source: FeatureSource, seed: int = 0) -> tuple[keras.Model, 
     import keras
 
     if source.kind == "model":
-        from leukdx.train import load_model
+        from leukdx.models.io import load_model
 
         model = load_model(source.model_path)
         preferred = None

@@ -364,7 +364,8 @@ def test_write_summary_of_given_rows_covers_only_those(tmp_path):
     csv_path, md_path = write_summary(folds[folds["run"] == 0], tmp_path / "out")
     summary = pd.read_csv(csv_path)
     assert len(summary) == 4 and (summary["n"] == 1).all()
-    assert "4 folds rows, 1 run(s) per fold" in md_path.read_text()
+    assert "(4 trained folds in folds.csv, 1 run(s) per fold)" in md_path.read_text()
+    assert "folds rows" not in md_path.read_text()
 
 
 # ---------------------------------------------------------------------------------------------
