@@ -133,6 +133,12 @@ FORCE_HELP = ("if OUT holds folds of another configuration, keep its ledger as "
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    # --executor/--address are evaluate.executor/evaluate.ray.address (an address means Ray)
+    executor = args.executor or ("ray" if args.address else None)
+    if executor:
+        args.set = [*args.set, f"evaluate.executor={executor}"]
+    if args.address:
+        args.set = [*args.set, f"evaluate.ray.address={args.address}"]
     cfg = _config(args, validate=True)
     out = Path(args.out or Path("results") / cfg.name)
     if cfg.task == "features":
@@ -176,7 +182,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from leukdx.export import export_run
 
     written = export_run(args.run_dir, formats=args.format, out=args.out,
-                         quantize=not args.no_quantize, evaluation=args.results)
+                         quantize=not args.no_quantize, evaluation=args.results, tta=args.tta)
     print(written.summary())
     return 0
 
@@ -276,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", help="results folder (default results/<name>)")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="where folds train (default: evaluate.executor of the config): local, "
+                        "one after another, or ray, one Ray task per fold side by side")
+    p.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to run on (implies --executor ray): auto (the one "
+                        "`ray start` made here) or ray://HOST:10001; default: a local instance")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="statistical comparison of two results folders")
@@ -307,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["savedmodel", "tflite", "keras"])
     p.add_argument("--out", help="export folder (default <run_dir>/export)")
     p.add_argument("--no-quantize", action="store_true", help="skip the quantised TFLite model")
+    p.add_argument("--tta", action="store_true",
+                   help="add a serve_tta signature averaging over the 8 flips/rotations")
     p.add_argument("--results", metavar="DIR",
                    help="results folder of `leukdx evaluate` (e.g. results/NAME with a LODO "
                         "summary.csv) whose cross-dataset results go into the model card")

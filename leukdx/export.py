@@ -25,6 +25,9 @@ probability = P(leukaemia), label = ``probability >= threshold`` with the run's
   are dropped (leukdx's own decoder composites them on white).
 * ``serve_fixed`` - ``images``: ``uint8`` ``(None, S, S, 3)`` already at the model's size; no
   resize. This is also the signature of the TFLite files.
+* ``serve_tta`` (only when exported with ``tta=True`` / ``leukdx export --tta``) - as
+  ``serve_fixed``, with test-time augmentation: the probability is the mean over the 8
+  flips/rotations by 90 degrees of each image (:mod:`leukdx.tta`), 8x the compute.
 
 Resizing. leukdx trains on images resized by Pillow (bicubic, antialiased; JPEGs decoded in
 Pillow's draft mode at a reduced DCT scale when much larger than the model's input). The
@@ -91,6 +94,7 @@ __all__ = [
     "SERVING_SIGNATURE",
     "TF_DECODABLE",
     "TOLERANCES",
+    "TTA_SIGNATURE",
     "ServingSpec",
     "as_float32",
     "build_export_archive",
@@ -110,6 +114,7 @@ FORMATS: tuple[str, ...] = ("savedmodel", "tflite", "keras")
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serve_bytes"
 FIXED_SIGNATURE = "serve_fixed"
+TTA_SIGNATURE = "serve_tta"
 TFLITE_FILE = "model.tflite"
 TFLITE_QUANT_FILE = "model_quant.tflite"
 KERAS_FILE = "model.keras"
@@ -134,11 +139,13 @@ class ServingSpec:
         image_size: side of the model's square input.
         aspect: ``stretch`` or ``pad`` (as in training, ``data.aspect``).
         threshold: probability at or above which the label is 1 (leukaemia).
+        tta: add the ``serve_tta`` signature (test-time augmentation over 8 flips/rotations).
     """
 
     image_size: int
     aspect: str = "stretch"
     threshold: float = 0.5
+    tta: bool = False
 
     def __post_init__(self):
         if self.aspect not in ("stretch", "pad"):
@@ -244,8 +251,10 @@ def _decode_one(encoded: tf.Tensor) -> tf.Tensor:
 
 
 def _serving_functions(model: keras.Model, spec: ServingSpec) -> dict[str, Any]:
-    """The three signature functions (``tf.function`` with input signatures)."""
+    """The signature functions (``tf.function`` with input signatures)."""
     import tensorflow as tf
+
+    from leukdx.tta import MAX_TTA, dihedral_transform
 
     size = int(spec.image_size)
     threshold = float(spec.threshold)
@@ -274,11 +283,23 @@ def _serving_functions(model: keras.Model, spec: ServingSpec) -> dict[str, Any]:
     def serve_fixed(images):
         return classify(tf.cast(images, tf.float32))
 
-    return {
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
+    def serve_tta(images):
+        images = tf.cast(images, tf.float32)
+        views = [dihedral_transform(images, i) for i in range(MAX_TTA)]
+        probabilities = tf.cast(model(tf.concat(views, axis=0), training=False), tf.float32)
+        probability = tf.reduce_mean(tf.reshape(probabilities, [MAX_TTA, -1]), axis=0)
+        return {"probability": probability,
+                "label": tf.cast(probability >= threshold, tf.int32)}
+
+    functions = {
         SERVING_SIGNATURE: serving_default,
         BYTES_SIGNATURE: serve_bytes,
         FIXED_SIGNATURE: serve_fixed,
     }
+    if spec.tta:
+        functions[TTA_SIGNATURE] = serve_tta
+    return functions
 
 
 def signature_docs(spec: ServingSpec) -> dict[str, dict[str, Any]]:
@@ -288,7 +309,7 @@ def signature_docs(spec: ServingSpec) -> dict[str, dict[str, Any]]:
         "probability": "float32 (B,) P(leukaemia)",
         "label": f"int32 (B,) 1 if probability >= {spec.threshold:g} else 0",
     }
-    return {
+    docs = {
         SERVING_SIGNATURE: {
             "inputs": {"images": "uint8 (B, H, W, 3) RGB, any H and W (one size per batch)"},
             "outputs": outputs,
@@ -307,6 +328,13 @@ def signature_docs(spec: ServingSpec) -> dict[str, dict[str, Any]]:
             "notes": "no resize; the TFLite files use this signature",
         },
     }
+    if spec.tta:
+        docs[TTA_SIGNATURE] = {
+            "inputs": {"images": f"uint8 (B, {size}, {size}, 3) RGB already at model size"},
+            "outputs": outputs,
+            "notes": "no resize; probability averaged over the 8 flips/rotations by 90 degrees",
+        }
+    return docs
 
 
 def _policy_name(layer: Any) -> str:
@@ -662,6 +690,7 @@ def export_run(
     images: Any = None,
     evaluation: str | os.PathLike | None = None,
     n_check: int = 8,
+    tta: bool = False,
 ) -> ExportResult:
     """Export a trained model for deployment and write its model card.
 
@@ -676,6 +705,7 @@ def export_run(
         evaluation: an evaluation folder with ``summary.csv`` whose results go into the model
             card; default: ``summary.csv`` in the run folder or its ``evaluation/``, if any.
         n_check: at most this many check images.
+        tta: add the SavedModel's ``serve_tta`` signature (mean over 8 flips/rotations).
 
     Returns:
         An :class:`ExportResult`: the written paths (SavedModel folder, TFLite files, model
@@ -692,7 +722,7 @@ def export_run(
     loaded = load_keras_model(run_dir_or_model)
     out_dir = Path(out) if out is not None else _default_out(run_dir_or_model, loaded)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = ServingSpec(loaded.image_size, loaded.aspect, loaded.threshold)
+    spec = ServingSpec(loaded.image_size, loaded.aspect, loaded.threshold, tta=tta)
     # Exported graphs compute in float32 whatever the training precision (TFLite has no
     # bfloat16); the Keras reference of the checks is that same float32 model.
     model = as_float32(loaded.model)

@@ -68,12 +68,9 @@ def dihedral_transform(images, index: int):
     exported SavedModel's TTA signature).
     """
     if isinstance(images, np.ndarray):
-        flip, transpose = np.flip, lambda x: np.transpose(x, (0, 2, 1, 3))
+        flip, transpose = np.flip, _transpose_numpy
     else:
-        import tensorflow as tf
-
-        flip = lambda x, axis: tf.reverse(x, axis=list(np.atleast_1d(axis)))  # noqa: E731
-        transpose = lambda x: tf.transpose(x, perm=[0, 2, 1, 3])  # noqa: E731
+        flip, transpose = _flip_tf, _transpose_tf
     name = DIHEDRAL_TRANSFORMS[index]
     if name == "identity":
         return images
@@ -90,6 +87,22 @@ def dihedral_transform(images, index: int):
     if name == "transpose":
         return transpose(images)
     return flip(transpose(images), axis=(1, 2))  # anti-transpose
+
+
+def _transpose_numpy(images):
+    return np.transpose(images, (0, 2, 1, 3))
+
+
+def _flip_tf(images, axis):
+    import tensorflow as tf
+
+    return tf.reverse(images, axis=[int(a) for a in np.atleast_1d(axis)])
+
+
+def _transpose_tf(images):
+    import tensorflow as tf
+
+    return tf.transpose(images, perm=[0, 2, 1, 3])
 
 
 def tta_average(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,

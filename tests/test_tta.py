@@ -87,3 +87,18 @@ def test_predict_paths_with_tta_is_invariant_to_rotated_files(model, images, tmp
     assert np.abs(probs["plain", 1] - probs["rotated", 1]).max() > 1e-4
     np.testing.assert_allclose(probs["plain", 8], probs["rotated", 8], atol=1e-5)
     assert build_parser().parse_args(["predict", "m.keras", "x/", "--tta", "8"]).tta == 8
+
+
+def test_exported_tta_signature_averages_the_eight_transforms(model, images, tmp_path):
+    import tensorflow as tf
+
+    from leukdx.export import TTA_SIGNATURE, ServingSpec, export_savedmodel
+
+    plain = export_savedmodel(model, tmp_path / "plain", ServingSpec(image_size=32))
+    assert TTA_SIGNATURE not in tf.saved_model.load(str(plain)).signatures
+    folder = export_savedmodel(model, tmp_path / "tta", ServingSpec(image_size=32, tta=True))
+    serve = tf.saved_model.load(str(folder)).signatures[TTA_SIGNATURE]
+    got = serve(images=tf.constant(images))["probability"].numpy()
+    np.testing.assert_allclose(got, predict_proba_tta(model, images, n=8), atol=1e-5)
+    rotated = serve(images=tf.constant(np.ascontiguousarray(dihedral_transform(images, 5))))
+    np.testing.assert_allclose(rotated["probability"].numpy(), got, atol=1e-5)
