@@ -87,6 +87,7 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
+from keras import ops
 
 from leukdx.data.augment.base import StatelessRandomLayer, fold_in
 from leukdx.data.augment.colour import (
@@ -251,9 +252,13 @@ def apply_augmentation(augmentation, images, seeds):
         The augmented batch (the input itself when ``augmentation`` is ``None``).
     """
     x = images
-    for position, layer in enumerate(augmentation_layers(augmentation)):
+    layers = augmentation_layers(augmentation)
+    # One hash of the example seeds, then (hash, layer position) per layer: cheap and distinct.
+    mixed = fold_in(seeds, 0)[:, :1] if layers else None
+    for position, layer in enumerate(layers):
         if isinstance(layer, StatelessRandomLayer):
-            x = layer(x, training=True, seeds=fold_in(seeds, position))
+            salt = ops.full_like(mixed, position + 1)
+            x = layer(x, training=True, seeds=ops.concatenate([mixed, salt], axis=1))
         else:
             warnings.warn(
                 f"Augmentation layer '{layer.name}' ({type(layer).__name__}) draws from a "

@@ -19,6 +19,7 @@ Where the seeds come from:
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -28,11 +29,40 @@ __all__ = ["StatelessRandomLayer", "fold_in", "random_normal", "random_uniform"]
 _SEED_MAX = 2**31 - 1
 
 
+_GOLDEN = 0x9E3779B9  # 2**32 / golden ratio: spreads consecutive counters over 32 bits
+
+
+def _u32(value: int):
+    return tf.constant(value & 0xFFFFFFFF, tf.uint32)
+
+
+def _mix32(h):
+    """MurmurHash3's 32-bit finaliser (full avalanche) on uint32 tensors (wrapping products)."""
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(16)))
+    h = h * _u32(0x85EBCA6B)
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(13)))
+    h = h * _u32(0xC2B2AE35)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(16)))
+
+
+def _key(seeds, salt: int = 0):
+    """One well-mixed uint32 key per example from its seed pair (all 128 bits) and a salt."""
+    words = tf.reshape(tf.bitcast(tf.cast(seeds, tf.int64), tf.uint32), (-1, 4))
+    h = _mix32(words[:, 0] + _u32(_GOLDEN * (2 * salt + 1)))
+    for i in (1, 2, 3):
+        h = _mix32(tf.bitwise.bitwise_xor(h + _u32(_GOLDEN), words[:, i]))
+    return h
+
+
 def random_uniform(seeds, count: int):
     """``count`` uniform numbers in ``[0, 1)`` per example, from per-example seeds.
 
+    A counter-based generator: number ``j`` of example ``i`` is a hash (MurmurHash3's
+    finaliser, chained) of ``(seeds[i], j)``. It is a pure function of the seeds, vectorised
+    over the batch (no per-example loop), and the same on every device and thread.
+
     Args:
-        seeds: ``(B, 2)`` int32 or int64 tensor, one stateless seed pair per example.
+        seeds: ``(B, 2)`` int32 or int64 tensor, one seed pair per example.
         count: numbers per example.
 
     Returns:
@@ -41,36 +71,27 @@ def random_uniform(seeds, count: int):
     Example:
         >>> u = random_uniform(tf.constant([[1, 2], [3, 4]]), 3)   # (2, 3)
     """
-    seeds = tf.cast(seeds, tf.int64)
-    return tf.map_fn(
-        lambda s: tf.random.stateless_uniform((count,), seed=s),
-        seeds,
-        fn_output_signature=tf.TensorSpec((count,), tf.float32),
-    )
+    key = _key(seeds)[:, None]
+    steps = (np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN) & 0xFFFFFFFF
+    counter = _mix32(tf.constant(steps.astype(np.uint32)))[None, :]
+    h = _mix32(tf.bitwise.bitwise_xor(key, counter) + key)
+    # 24 random bits: exactly representable in float32, so the result is < 1.
+    return tf.cast(tf.bitwise.right_shift(h, _u32(8)), tf.float32) / float(1 << 24)
 
 
 def random_normal(seeds, count: int):
     """``count`` standard normal numbers per example (see :func:`random_uniform`)."""
-    seeds = tf.cast(seeds, tf.int64)
-    return tf.map_fn(
-        lambda s: tf.random.stateless_normal((count,), seed=s),
-        seeds,
-        fn_output_signature=tf.TensorSpec((count,), tf.float32),
-    )
+    u = random_uniform(seeds, count)
+    return tf.math.ndtri(tf.clip_by_value(u, 1e-7, 1.0 - 1e-7))
 
 
 def fold_in(seeds, salt: int):
-    """New per-example seeds, independent of ``seeds`` for every distinct ``salt``.
+    """New per-example seed pairs, independent of ``seeds`` for every distinct ``salt``.
 
     Used to give each layer of a preset its own stream from the same example seeds.
     """
-    seeds = tf.cast(seeds, tf.int64)
-    salt = tf.constant(int(salt), tf.int64)
-    return tf.map_fn(
-        lambda s: tf.random.experimental.stateless_fold_in(s, salt, alg="philox"),
-        seeds,
-        fn_output_signature=tf.TensorSpec((2,), tf.int64),
-    )
+    key = tf.cast(_key(seeds), tf.int64)
+    return tf.stack([key, tf.fill(tf.shape(key), tf.constant(int(salt), tf.int64))], axis=1)
 
 
 class StatelessRandomLayer(keras.layers.Layer):
