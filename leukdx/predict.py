@@ -49,6 +49,7 @@ from leukdx.data.decode import (
     read_image,
 )
 from leukdx.errors import ModelFileError, UnsafeModelError
+from leukdx.io import atomic_write_csv
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from leukdx.models.io import LoadedModel
@@ -407,11 +408,7 @@ def predict_paths(
     )
     csv_path = None
     if out is not None:
-        csv_path = Path(out)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, csv_path)
+        csv_path = atomic_write_csv(out, table)
     if skipped:
         log.warning("%d of %d file(s) could not be read and were skipped.", len(skipped),
                     len(files))

@@ -53,6 +53,7 @@ import yaml
 
 from leukdx.config import Config, ConfigError, TrainConfig, config_to_dict, save_config
 from leukdx.errors import RunFolderError
+from leukdx.io import atomic_write_csv
 from leukdx.runinfo import device_info, read_json, software_versions, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -375,9 +376,7 @@ def _truncate_history(path: Path, epochs_done: int) -> pd.DataFrame:
         path.unlink(missing_ok=True)
         return history
     kept = history[history["epoch"] < epochs_done]
-    tmp = path.with_suffix(".csv.tmp")
-    kept.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write_csv(path, kept)
     return kept.reset_index(drop=True)
 
 

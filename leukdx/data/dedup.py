@@ -646,14 +646,11 @@ def _cached_thumbnails(shas: list[str], paths: list[str], cache_dir: str | None,
 
 
 def _save_npz(file: Path, **arrays: np.ndarray) -> None:
-    import tempfile
+    from leukdx.io import atomic_output
 
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".recrop-", suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_output(file) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, file)
     except OSError:  # the cache is an optimisation; a read-only folder only costs time
         pass
 
@@ -762,13 +759,9 @@ def recrop_pairs(
 
 
 def _write_text(file: Path, text: str) -> None:
-    import tempfile
+    from leukdx.io import atomic_write_text
 
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".recrop-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, file)
+        atomic_write_text(file, text)
     except OSError:
         pass

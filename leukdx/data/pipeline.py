@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ import pandas as pd
 from leukdx.config import DataConfig
 from leukdx.data.decode import ASPECTS, load_image, load_tiles
 from leukdx.data.dedup import sha256_file
+from leukdx.io import atomic_output
 
 if TYPE_CHECKING:
     from leukdx.data.stain import StainReference
@@ -142,11 +142,9 @@ class ImageCache:
     def _save_disk(self, key: _Key, arr: np.ndarray) -> None:
         path = self._disk_path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".img-", suffix=".npy")
-            with os.fdopen(fd, "wb") as fh:
+            # atomic: a concurrent reader never sees half a file
+            with atomic_output(path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, arr, allow_pickle=False)
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
         except OSError as exc:
             log.warning("Could not write image cache file %s (%s)", path, exc)
 

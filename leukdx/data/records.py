@@ -42,7 +42,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -57,6 +56,7 @@ from leukdx.config import DataConfig
 from leukdx.data.decode import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_preview
 from leukdx.data.dedup import assign_groups, dhash_hex, mixed_label_groups, sha256_bytes
 from leukdx.errors import DataError
+from leukdx.io import atomic_write_csv
 
 __all__ = [
     "COLUMNS",
@@ -502,11 +502,7 @@ class _ScanCache:
         rows = [(p, *v) for p, v in sorted(self.table.items()) if os.path.exists(p)]
         df = pd.DataFrame(rows, columns=_SCAN_COLUMNS)
         try:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=".scan-", suffix=".tmp")
-            with os.fdopen(fd, "w", newline="") as fh:
-                df.to_csv(fh, index=False)
-            os.replace(tmp, self.file)  # atomic: readers see the old or the new table
+            atomic_write_csv(self.file, df)  # readers see the old or the new table
         except OSError as exc:
             log.warning("Could not write scan cache %s (%s)", self.file, exc)
 

@@ -19,7 +19,7 @@ model fingerprint (backbone, weights file hash, seed and leukdx version; or the 
 sha256), the layer, the image size and aspect, and the data fingerprint (the set of image
 sha256s). The file stores the features with the sha256 of each row, so any records table made
 of the same images - in any order - is served from it without running the network. Writes are
-atomic (temporary file + ``os.replace``).
+atomic (:func:`leukdx.io.atomic_output`).
 
 TensorFlow/Keras are imported inside the functions that run the network.
 
@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -388,15 +387,10 @@ def _forward(extractor: keras.Model, images: np.ndarray, batch_size: int) -> np.
 
 
 def _write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)  # readers see the old file or the complete new one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from leukdx.io import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def _read_cache(path: Path, records: pd.DataFrame) -> tuple[np.ndarray, str] | None:
