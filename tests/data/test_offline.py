@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from leukdx.config import DataConfig
 from leukdx.data.decode import read_image
@@ -153,3 +154,109 @@ def test_rejects_labels_other_than_zero_and_one(exported, tmp_path):
     bad = original.records[["path", "label", "source"]].head(2).assign(label=[0, 2])
     with pytest.raises(ValueError, match="Labels"):
         export_augmented(bad, tmp_path / "bad", data_config=config, progress=False)
+
+
+# --------------------------------------------------------------------------- distinct copies
+
+
+def _symmetric_collection(root: Path, size: int = 24, suffix: str = ".png") -> Path:
+    """Two left-right symmetric images per class: a mirror reproduces them exactly."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for cls in ("healthy", "leukemia"):
+        folder = root / "src" / cls
+        folder.mkdir(parents=True)
+        for i in range(2):
+            half = rng.integers(0, 256, (size, size // 2, 3), dtype=np.uint8)
+            Image.fromarray(np.concatenate([half, half[:, ::-1]], axis=1)).save(
+                folder / f"{cls}_{i}{suffix}")
+    return root
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_no_copy_repeats_its_original_or_another_copy(tmp_path):
+    root = _symmetric_collection(tmp_path / "collection")
+    config = DataConfig(cache_dir=str(tmp_path / "cache"), near_duplicate_distance=-1)
+    out = export_augmented(root, tmp_path / "out", preset="loey", factor=8, seed=0,
+                           data_config=config, progress=False)
+    index = pd.read_csv(out / INDEX_FILE)
+    assert len(index) == 4 * 8
+    for _, family in index.groupby("origin"):
+        files = [out / p for p in family["path"]]
+        assert len({_sha256(f) for f in files}) == len(files)
+        pixels = {read_image(f).tobytes() for f in files}
+        assert len(pixels) == len(files)  # not even a re-encoded duplicate
+
+
+def test_a_preset_that_can_only_repeat_the_image_is_a_clear_error(tmp_path):
+    import keras
+
+    from leukdx.data.augment import RandomAffine, list_augmentations, register_augmentation
+
+    if "test_mirror_only" not in list_augmentations():
+        @register_augmentation("test_mirror_only")
+        def _mirror_only(image_size, seed):
+            return keras.Sequential([RandomAffine(horizontal_flip=True, seed=seed)])
+
+    root = _symmetric_collection(tmp_path / "collection")
+    with pytest.raises(ValueError, match="distinct augmented copies.*--factor"):
+        export_augmented(root, tmp_path / "out", preset="test_mirror_only", factor=3,
+                         data_config=DataConfig(cache_dir=str(tmp_path / "c")), progress=False)
+
+
+# --------------------------------------------------------------------------- formats and sizes
+
+
+def test_jpeg_sources_stay_jpeg_and_the_original_is_copied_byte_for_byte(tmp_path):
+    root = _symmetric_collection(tmp_path / "collection", size=40, suffix=".jpg")
+    config = DataConfig(cache_dir=str(tmp_path / "cache"))
+    out = export_augmented(root, tmp_path / "out", preset="leuknet", factor=2, seed=0,
+                           data_config=config, progress=False)
+    index = pd.read_csv(out / INDEX_FILE)
+    assert all(p.endswith(".jpg") for p in index["path"])
+    for origin, path in zip(index["origin"], index["path"]):
+        with Image.open(out / path) as image:
+            assert image.format == "JPEG"
+        if path.endswith("__aug0.jpg"):
+            assert (out / path).read_bytes() == Path(origin).read_bytes()
+    assert len(load_collection(out, config, progress=False)) == len(index)
+
+
+@pytest.mark.parametrize(("image_format", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG")])
+def test_chosen_format_and_max_size(tmp_path, image_format, pil_format):
+    root = tmp_path / "collection" / "src" / "healthy"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 100, 3), dtype=np.uint8)).save(root / "a.bmp")
+    out = export_augmented(tmp_path / "collection", tmp_path / "out", preset="stain", factor=3,
+                           image_format=image_format, max_size=50, progress=False,
+                           data_config=DataConfig(cache_dir=str(tmp_path / "cache")))
+    index = pd.read_csv(out / INDEX_FILE)
+    assert len(index) == 3
+    for path in index["path"]:
+        with Image.open(out / path) as image:
+            assert image.format == pil_format
+            assert image.size == (50, 30)  # longer side 50, aspect kept
+
+
+def test_bad_format_and_max_size_are_rejected(exported, tmp_path):
+    original, _, config = exported
+    with pytest.raises(ValueError, match="--format"):
+        export_augmented(original, tmp_path / "a", image_format="gif", data_config=config,
+                         progress=False)
+    with pytest.raises(ValueError, match="--max-size"):
+        export_augmented(original, tmp_path / "b", max_size=0, data_config=config,
+                         progress=False)
+
+
+def test_progress_bar_shows_when_stderr_is_not_a_terminal(exported, tmp_path, capsys):
+    original, _, config = exported
+    export_augmented(original.records.head(2), tmp_path / "p", preset="loey", factor=2,
+                     data_config=config, progress=True)
+    assert "Augmenting (loey x2)" in capsys.readouterr().err
