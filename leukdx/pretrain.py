@@ -172,9 +172,14 @@ def _encoder(cfg: Config, size: int):
 
     from leukdx.models import get_backbone
     from leukdx.models.layers import Preprocess
+    from leukdx.models.strategies import SCRATCH_BN_MOMENTUM
 
     spec = get_backbone(cfg.model.backbone)
     base = spec.build((size, size, 3), weights=cfg.model.weights, norm=cfg.model.norm)
+    for layer in base.layers:
+        # Moving statistics must settle within a short run (MobileNetV3's 0.999 would not).
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, SCRATCH_BN_MOMENTUM)
     inputs = keras.Input((size, size, 3), name="image")
     x = Preprocess(spec.preprocess_mode, name="preprocess")(inputs)
     x = base(x)

@@ -92,6 +92,11 @@ def test_weights_load_into_a_fine_tuning_model(pretrained):
     conv = fine_tune.get_layer("stage4_2_conv").get_weights()[0]
     np.testing.assert_array_equal(conv, saved.get_layer("stage4_2_conv").get_weights()[0])
     assert len(backbone_layers(fine_tune)) == len(backbone_layers(random_init))
+    # Statistics of augmented views are not kept frozen: BatchNormalization learns again.
+    norms = [layer for layer in backbone_layers(fine_tune)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is keras.layers.BatchNormalization for layer in norms)
+    assert all(layer.momentum <= 0.9 for layer in norms)
     images = _textures()
     assert np.abs(fine_tune.predict(images, verbose=0)
                   - random_init.predict(images, verbose=0)).max() > 1e-4

@@ -55,6 +55,7 @@ from typing import Any
 
 from leukdx.models.backbones import BackboneSpec, get_backbone
 from leukdx.models.weights import (
+    PRETRAIN_INFO,
     check_pretrain_info,
     load_pretrained,
     normalize_weights,
@@ -176,6 +177,13 @@ def build_mdft(model_config, image_size: int, augmentation=None):
     return _assemble(spec, "mdft", image_size, model_config.weights, augmentation,
                      head=head_layout(spec, model_config.head), frozen_blocks=0,
                      norm=_norm(model_config))
+
+
+def is_self_supervised(weights_file: str | os.PathLike) -> bool:
+    """Whether a weights file was written by ``leukdx pretrain`` (a ``pretrain.json`` beside it)."""
+    from pathlib import Path
+
+    return (Path(weights_file).parent / PRETRAIN_INFO).is_file()
 
 
 def _norm(model_config) -> str:
@@ -319,10 +327,12 @@ def _assemble(spec: BackboneSpec, strategy: str, image_size: int,
                 UserWarning, stacklevel=3,
             )
 
-    if weights_file is not None:
+    if weights_file is not None and not is_self_supervised(weights_file):
         # Fine-tuning keeps the pretrained BatchNormalization statistics (they describe the
         # pretraining data and a small batch would wreck them). A network trained from
-        # scratch (weights none) has no statistics worth keeping, so its BN layers learn.
+        # scratch (weights none) has no statistics worth keeping, so its BN layers learn;
+        # so do those of `leukdx pretrain` weights, whose statistics describe augmented views
+        # (colour-jittered, grayscale) of the same images rather than the images themselves.
         use_inference_batchnorm(base_layers)
     else:
         # From scratch the moving statistics must catch up within a short run: Keras builds
