@@ -85,7 +85,8 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
     root = args.root or cfg.data.root
     out = export_augmented(
         root, args.out, preset=args.preset, factor=args.factor, seed=cfg.seed,
-        data_config=cfg.data, image_size=args.image_size,
+        data_config=cfg.data, image_size=args.image_size, image_format=args.format,
+        max_size=args.max_size, strength=cfg.augment.strength,
     )
     print(f"augmented collection written to {out}")
     return 0
@@ -256,9 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("augment", help="write augmented copies + a manifest grouping each copy")
     p.add_argument("out", help="output folder")
     p.add_argument("--root", help="collection to augment (default: data.root of the config)")
-    p.add_argument("--preset", default="loey", choices=["leuknet", "loey"])
+    p.add_argument("--preset", default="loey",
+                   choices=["leuknet", "loey", "stain", "leuknet_stain", "generalise",
+                            "randstainna"],
+                   help="augmentation preset (strengths: --set augment.strength=...)")
     p.add_argument("--factor", type=int, default=5, help="images per original, original included")
     p.add_argument("--image-size", type=int, default=None, help="resize copies (default: keep)")
+    p.add_argument("--format", choices=["source", "png", "jpeg"], default="source",
+                   help="file format of the copies (default: each source's own format)")
+    p.add_argument("--max-size", type=int, default=None,
+                   help="shrink originals whose longer side exceeds this many pixels first")
     _add_config_args(p, required=False)
     p.set_defaults(func=cmd_data_augment)
 

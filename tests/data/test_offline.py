@@ -260,3 +260,18 @@ def test_progress_bar_shows_when_stderr_is_not_a_terminal(exported, tmp_path, ca
     export_augmented(original.records.head(2), tmp_path / "p", preset="loey", factor=2,
                      data_config=config, progress=True)
     assert "Augmenting (loey x2)" in capsys.readouterr().err
+
+
+def test_cli_passes_format_max_size_and_strength(tmp_path):
+    from leukdx.cli import main
+
+    root = _symmetric_collection(tmp_path / "collection", size=40)
+    out = tmp_path / "out"
+    assert main(["data", "augment", str(out), "--root", str(root), "--preset", "stain",
+                 "--factor", "2", "--format", "jpeg", "--max-size", "20",
+                 "--set", f"data.cache_dir={tmp_path / 'cache'}",
+                 "--set", "augment.strength=0.5"]) == 0
+    index = pd.read_csv(out / INDEX_FILE)
+    assert len(index) == 8 and all(p.endswith(".jpg") for p in index["path"])
+    assert all(read_image(out / p).shape == (20, 20, 3) for p in index["path"])
+    assert "strength=0.5" in (out / "README.md").read_text()
