@@ -113,6 +113,7 @@ def test_tiles_are_scored_and_give_one_row_per_test_image(shared_data, tmp_path)
     np.testing.assert_allclose(got, tile_max, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tta_and_per_fold_pretraining_reach_the_fine_tuning_trainer(shared_data, tmp_path,
                                                                     monkeypatch):
     import leukdx.pretrain
