@@ -43,6 +43,7 @@ from leukdx.errors import LeukdxError
 
 __all__ = [
     "EXECUTORS",
+    "ExecutorError",
     "FoldsFailedError",
     "LocalExecutor",
     "RayExecutor",
@@ -59,6 +60,10 @@ IN_FLIGHT_PER_SLOT = 2
 
 class FoldsFailedError(LeukdxError, RuntimeError):
     """One or more folds failed on the executor; each was reported in one line."""
+
+
+class ExecutorError(LeukdxError, RuntimeError):
+    """The executor cannot run (e.g. the Ray cluster cannot be reached)."""
 
 
 EXECUTORS: dict[str, Callable[..., Any]] = {}
@@ -170,6 +175,8 @@ def _fold_in_worker(payload: dict[str, Any], records: pd.DataFrame) -> tuple[dic
     cwd = payload["cwd"]
     if os.path.isdir(cwd):  # relative data and cache paths mean what they mean on the driver
         os.chdir(cwd)
+    if 0 < payload["num_gpus"] < 1:  # folds sharing a GPU: each takes only what it uses
+        os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     _limit_threads(payload["num_cpus"])
     cfg = config_from_dict(payload["cfg"])
     trainer = payload["trainer"] if payload["trainer"] is not None else get_trainer(cfg.task)
@@ -211,8 +218,17 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        ray.init(address=self.settings.address, include_dashboard=False,
-                 log_to_driver=log.isEnabledFor(logging.DEBUG), ignore_reinit_error=True)
+        try:
+            ray.init(address=self.settings.address, include_dashboard=False,
+                     log_to_driver=log.isEnabledFor(logging.DEBUG), ignore_reinit_error=True)
+        except Exception as exc:  # Ray raises plain Exception when its node fails to start
+            where = (f"reach the Ray cluster at {self.settings.address}"
+                     if self.settings.address else "start a local Ray instance")
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            raise ExecutorError(
+                f"evaluate.executor: ray could not {where} ({type(exc).__name__}: {reason}); "
+                "check evaluate.ray.address (--address), or start Ray with `ray start --head` "
+                "and pass --address auto.") from exc
         return True
 
     def _resources(self, ray) -> tuple[float, float, int]:
@@ -297,7 +313,7 @@ class RayExecutor:
                     "cfg": config_to_dict(task.cfg), "key": dict(task.key), "split": task.split,
                     "seed": int(task.seed), "config_hash": task.config_hash,
                     "label": task.label, "trainer": shipped, "disk_dir": disk_dir,
-                    "num_cpus": num_cpus, "cwd": cwd,
+                    "num_cpus": num_cpus, "num_gpus": num_gpus, "cwd": cwd,
                 }
                 return remote.remote(payload, records_refs[id(task.records)])
 
@@ -362,12 +378,13 @@ class RayExecutor:
                     # until its worker finishes or dies; then trained here if still missing
                     launch(task, ledger.try_claim(task.key, timeout=-1))
         except KeyboardInterrupt:
-            for ref, (_, claim) in in_flight.items():
-                ray.cancel(ref, force=True)
-                claim.release()
             say(f"Interrupted: cancelled {len(in_flight)} running fold(s); {out} keeps every "
                 "finished fold. Run the same command again to resume.")
             raise
+        finally:  # on any way out, nothing keeps running and no fold stays claimed
+            for ref, (_, claim) in in_flight.items():
+                ray.cancel(ref, force=True)
+                claim.release()
         if failures:
             raise FoldsFailedError(
                 f"{len(failures)} fold(s) failed (listed above) and are not in {out}/folds.csv; "

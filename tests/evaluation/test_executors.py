@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from leukdx.config import ConfigError, config_from_dict
-from leukdx.evaluation import executors
+from leukdx.evaluation import executors, runner
 from leukdx.evaluation.executors import FoldsFailedError, get_executor
 from leukdx.evaluation.ledger import FOLD_KEY_COLUMNS, Ledger
 from leukdx.evaluation.metrics import METRIC_NAMES
@@ -26,7 +26,14 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def local_ray():
     """A local Ray instance with 2 CPUs for the tests of this module."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:  # Ray's node gives its agents 15 s to start; a busy machine may not
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield
     ray.shutdown()
 
@@ -85,8 +92,8 @@ def test_settings_of_the_executor_do_not_change_the_config_hash(tmp_path):
     assert isinstance(get_executor(cfg), executors.LocalExecutor)
 
 
-def test_ray_runs_the_grid_in_workers_and_failed_folds_resume(
-        tiny_collection, tmp_path, local_ray, capsys):
+def test_ray_runs_the_grid_in_workers_and_failed_or_interrupted_folds_resume(
+        tiny_collection, tmp_path, local_ray, capsys, monkeypatch):
     cfg = _config(tiny_collection, tmp_path)
     local = run_evaluation(cfg, tmp_path / "local", trainer=DarknessTrainer(), progress=False)
     on_ray = _config(tiny_collection, tmp_path, evaluate={"executor": "ray"})
@@ -103,6 +110,22 @@ def test_ray_runs_the_grid_in_workers_and_failed_folds_resume(
     # the driver alone wrote the folder; the folds trained in Ray worker processes
     assert os.getpid() not in set(partial["worker_pid"])
     assert set(Ledger(tmp_path / "local" / "folds.csv").read()["worker_pid"]) == {os.getpid()}
+
+    # Ctrl-C once the first of the two missing folds is written: the other is cancelled
+    written = []
+
+    def write_then_interrupt(*args):
+        runner_write(*args)
+        written.append(args[2].label)
+        raise KeyboardInterrupt
+
+    runner_write = runner._write_fold
+    monkeypatch.setattr(runner, "_write_fold", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(on_ray, out, trainer=DarknessTrainer())
+    assert "Interrupted: cancelled 1 running fold(s)" in capsys.readouterr().out
+    assert len(written) == 1 and len(Ledger(out / "folds.csv").read()) == 5
+    monkeypatch.setattr(runner, "_write_fold", runner_write)
 
     resumed = run_evaluation(on_ray, out, trainer=DarknessTrainer(), progress=False)
     assert len(resumed) == len(local) == 6
