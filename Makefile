@@ -24,7 +24,7 @@ help:
 	@echo "make train     CONFIG=... [DATA=...] [OUT=runs/NAME] [SET='k=v ...']"
 	@echo "make evaluate  CONFIG=... [DATA=...] [OUT=results/NAME]"
 	@echo "make export    RUN=runs/NAME [OUT=exports/NAME] [FORMAT='savedmodel tflite keras']"
-	@echo "make bench     measured speed of pipeline, training, serving -> benchmarks/"
+	@echo "make bench     [ONLY=xla,input_bound] speed of pipeline, training, XLA, serving -> benchmarks/"
 	@echo "make lodo-bench  LODO ablation of the generalisation techniques -> benchmarks/lodo.md"
 	@echo "make lint      ruff"
 
@@ -57,7 +57,8 @@ export: install
 	$(BIN)/leukdx export $(RUN) --format $(FORMAT) $(if $(OUT),--out $(OUT))
 
 bench: install
-	$(BIN)/python benchmarks/run.py --data $(or $(DATA),../shared/data) --out benchmarks
+	$(BIN)/python benchmarks/run.py --data $(or $(DATA),../shared/data) --out benchmarks \
+		$(if $(ONLY),--only $(ONLY))
 
 # LODO ablation of the generalisation techniques (resumable): VARIANTS=a,b RUNS=1 EPOCHS=12
 lodo-bench: install

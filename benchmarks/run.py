@@ -17,8 +17,16 @@ Benchmarks (``--only`` names):
     epochs only augment.
 ``input_bound``
     Training step time fed by the real pipeline divided by the step time fed by an in-memory
-    batch of the same shape, for the demo config's model and for VGG16 (LeukNet, 224 px). A
-    ratio near 1 means the pipeline keeps the model busy.
+    batch of the same shape, for the demo config's model, the fastest CPU preset
+    (``configs/lodo_cpu.yaml``: small_cnn, 64 px) and VGG16 (LeukNet, 224 px). A ratio near 1
+    means the pipeline keeps the model busy.
+``xla``
+    Training and prediction images/s with XLA (``train.jit_compile: true``) and without
+    (``false``), the two models alternating pass by pass in one process, for the demo config's
+    network and VGG16 (LeukNet, 32 px on a CPU), under the ``auto`` precision and, where that
+    is not float32, under float32 too. Also the first-call (trace + compile) time. The
+    results state the rule ``train.jit_compile: auto`` follows on this device kind and
+    whether the measurement agrees with it.
 ``serving``
     Exported SavedModel (``leukdx.export``, ``serving_default`` through
     ``leukdx.predict.load_predictor``) against ``model.predict``, at batch 1 and 32.
@@ -41,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import io
 import math
@@ -69,7 +78,7 @@ import numpy as np  # noqa: E402
 from leukdx.config import DataConfig, load_config  # noqa: E402
 from leukdx.runinfo import cpu_model, device_info, software_versions  # noqa: E402
 
-BENCHMARKS = ("pipeline", "input_bound", "serving", "precision", "gpu")
+BENCHMARKS = ("pipeline", "input_bound", "xla", "serving", "precision", "gpu")
 
 # JPEG sources with class folders: the formats every compared pipeline can read.
 PIPELINE_SOURCES = ("taleqani_all", "bccd", "pbc")
@@ -99,15 +108,23 @@ class Settings:
     vgg_batch: int = 32
     warmup_steps: int = 3
     timed_steps: int = 10
-    vgg_timed_steps: int = 5
+    vgg_timed_steps: int = 3              # a VGG16-224 CPU step takes seconds
     precision_size: int = 224
     precision_batch: int = 16
-    precision_timed_steps: int = 4
+    precision_timed_steps: int = 3
     serving_size: int | None = None        # None: the demo config's own size
     serving_calls: int = 200
     serving_calls_batch: int = 30
     gpu_batch: int = 32
     gpu_timed_steps: int = 30
+    fast_size: int | None = None           # the fast CPU preset (lodo_cpu); None: its own
+    fast_batch: int | None = None
+    xla_models: tuple[str, ...] = ("demo config", "VGG16 LeukNet")
+    xla_float32_too: bool = True           # also float32 where auto is another policy
+    xla_leuknet_size: int = 32             # VGG16 on a CPU: 224 px steps take seconds
+    xla_batch: int = 16
+    xla_timed_steps: int = 8
+    xla_predict_batches: int = 16
 
     @classmethod
     def smoke(cls) -> Settings:
@@ -117,7 +134,9 @@ class Settings:
             demo_size=32, vgg_size=32, vgg_batch=4, warmup_steps=1, timed_steps=2,
             vgg_timed_steps=2, precision_size=32, precision_batch=4, precision_timed_steps=2,
             serving_size=32, serving_calls=5, serving_calls_batch=2, gpu_batch=4,
-            gpu_timed_steps=2,
+            gpu_timed_steps=2, fast_size=32, fast_batch=4, xla_leuknet_size=32, xla_batch=4,
+            xla_timed_steps=2, xla_predict_batches=2, xla_models=("demo config",),
+            xla_float32_too=False,
         )
 
 
@@ -198,7 +217,7 @@ class Results:
             f"leukdx {m['leukdx']}",
             f"- Platform: {m['platform']}",
             f"- Passes per measurement: {self.settings.passes} ({self.settings.heavy_passes} for "
-            "the VGG16 training measurements); median, with min-max over passes",
+            "the VGG16 training and the XLA measurements); median, with min-max over passes",
             "",
         ]
         for name in BENCHMARKS:
@@ -378,6 +397,18 @@ def config_for(name: str, overrides: Sequence[str] = ()) -> Any:
         overrides=["model.weights=none", "train.verbose=0", "train.tensorboard=false",
                    *overrides],
     )
+
+
+# The fastest CPU preset in configs/: small_cnn from scratch at 64 px, batch 32.
+FAST_CPU_PRESET = "lodo_cpu"
+
+
+def fast_cpu_config(settings: Settings) -> Any:
+    """``configs/lodo_cpu.yaml`` (sizes shrunk by ``--smoke``)."""
+    return config_for(FAST_CPU_PRESET, [
+        *([f"data.image_size={settings.fast_size}"] if settings.fast_size else []),
+        *([f"train.batch_size={settings.fast_batch}"] if settings.fast_batch else []),
+    ])
 
 
 @contextlib.contextmanager
@@ -652,17 +683,20 @@ def bench_input_bound(ctx: Context) -> None:
     s, res = ctx.settings, ctx.results
     demo = config_for("demo", [*s.demo_overrides,
                                *([f"data.image_size={s.demo_size}"] if s.demo_size else [])])
+    fast = fast_cpu_config(s)
     vgg = config_for("leuknet", [f"data.image_size={s.vgg_size}",
                                  f"train.batch_size={s.vgg_batch}"])
     cases = [("demo config", demo, s.timed_steps, s.passes),
+             ("fast CPU preset", fast, s.timed_steps, s.passes),
              ("VGG16 LeukNet", vgg, s.vgg_timed_steps, s.heavy_passes)]
     res.note(
         "input_bound",
         "Training step time with batches from leukdx's pipeline (cached images, LeukNet "
         "augmentation in tf.data, prefetch) divided by the step time with one in-memory batch of "
         "the same shape repeated (no input work at all). Each pass times "
-        f"{s.timed_steps} (demo) / {s.vgg_timed_steps} (VGG16) steps after {s.warmup_steps} "
-        "warm-up steps; the two feeds alternate. Mixed precision follows the config (`auto`).",
+        f"{s.timed_steps} (demo, fast preset) / {s.vgg_timed_steps} (VGG16) steps after "
+        f"{s.warmup_steps} warm-up steps; the two feeds alternate. Mixed precision follows the "
+        f"config (`auto`). The fast CPU preset is `configs/{FAST_CPU_PRESET}.yaml`.",
     )
     records = ctx.collection().records
     for label, cfg, timed, passes in cases:
@@ -698,7 +732,157 @@ def bench_input_bound(ctx: Context) -> None:
         del model
 
 
-# --------------------------------------------------------------------------- 3 serving
+# --------------------------------------------------------------------------- 3 xla
+
+
+def xla_rule_text(device_kind: str, auto_value: bool | str, ratios: dict[str, list[float]],
+                  slower_below: float = 0.95, faster_above: float = 1.05) -> str:
+    """The rule ``train.jit_compile: auto`` follows here, and whether the ratios agree.
+
+    Args:
+        device_kind: ``"CPU"`` or ``"GPU"``.
+        auto_value: what :func:`leukdx.precision.resolve_jit_compile` returns for ``auto``.
+        ratios: per measurement (e.g. ``"demo config training"``), the XLA-on / XLA-off
+            speed ratios (medians).
+        slower_below, faster_above: ratios below / above which XLA counts as slower / faster.
+
+    Returns:
+        One Markdown sentence for ``results.md``.
+
+    Example:
+        >>> xla_rule_text("CPU", False, {"m training": [0.5]}).startswith("Rule: on a CPU")
+        True
+    """
+    values = [v for vs in ratios.values() for v in vs if math.isfinite(v)]
+    on = auto_value is True or auto_value == "auto"
+    setting = ("Keras' own `auto` (XLA unless a layer does not support it)"
+               if auto_value == "auto" else "XLA on" if auto_value is True else "XLA off")
+    rule = f"Rule: on a {device_kind} `train.jit_compile: auto` resolves to {setting}"
+    if not values:
+        return rule + " (no XLA measurement to check it against)."
+    lo, hi = min(values), max(values)
+    span = f"XLA-on / XLA-off speed {lo:.2f}-{hi:.2f}x over {len(values)} measurements"
+    if hi < slower_below:
+        verdict = "XLA was slower in every measurement"
+        agrees = not on
+    elif lo > faster_above:
+        verdict = "XLA was faster in every measurement"
+        agrees = on
+    else:
+        verdict = "XLA was neither slower nor faster in every measurement"
+        agrees = not on  # off is the safe default when XLA does not win consistently
+    return (f"{rule}. Measured here: {span}; {verdict}: the measurement "
+            f"{'agrees with' if agrees else 'CONTRADICTS'} the rule.")
+
+
+def timed_fit_with_warmup(model, dataset, warmup: int, timed: int) -> tuple[float, float]:
+    """(seconds per timed step, seconds of the warm-up steps including tracing/compiling)."""
+    timer = step_timer()
+    t0 = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup + timed, verbose=0, callbacks=[timer],
+              shuffle=False)
+    ends = timer.ends
+    return (ends[-1] - ends[warmup - 1]) / timed, ends[warmup - 1] - t0
+
+
+def bench_xla(ctx: Context) -> None:
+    """XLA on vs off: training and prediction images/s, interleaved, per model and precision."""
+    from leukdx.precision import gpu_available, resolve_jit_compile, resolve_precision
+
+    s, res = ctx.settings, ctx.results
+    auto_precision = resolve_precision("auto")
+    precisions = ["auto"] + (["float32"] if auto_precision != "float32"
+                             and s.xla_float32_too else [])
+    demo = config_for("demo", [*s.demo_overrides,
+                               *([f"data.image_size={s.demo_size}"] if s.demo_size else [])])
+    vgg = config_for("leuknet", [f"data.image_size={s.xla_leuknet_size}",
+                                 f"train.batch_size={s.xla_batch}"])
+    models = [(label, cfg) for label, cfg in (("demo config", demo), ("VGG16 LeukNet", vgg))
+              if label in s.xla_models]
+    device_kind = "GPU" if gpu_available() else "CPU"
+    res.note(
+        "xla",
+        "Images/s of training (fed by one in-memory batch, "
+        f"{s.xla_timed_steps} timed steps after {s.warmup_steps} warm-up steps) and of "
+        f"`model.predict` ({s.xla_predict_batches} batches per call after a warm-up call) with "
+        "`train.jit_compile: false` and `true`; the two models alternate pass by pass in one "
+        "process. The first-call rows are the warm-up of the first pass: tracing, plus XLA "
+        "compilation when on. VGG16 LeukNet is measured at "
+        f"{s.xla_leuknet_size} px, batch {s.xla_batch} (at 224 px one CPU step takes seconds). "
+        f"Precision `auto` resolves to {auto_precision} here"
+        + (", so float32 (what `auto` picks on CPUs without bfloat16) is measured too."
+           if len(precisions) > 1 else "."),
+    )
+    records = ctx.collection().records
+    ratios: dict[str, list[float]] = {}
+    for label, cfg in models:
+        size, batch = cfg.data.image_size, cfg.train.batch_size
+        n_pred = batch * s.xla_predict_batches
+        part = sample_batch_source(records, max(batch, n_pred), seed=4)
+        images = ctx.cache().get(part, size, cfg.data.aspect)
+        labels = part["label"].to_numpy(np.float32)
+        memory = in_memory_dataset(images, labels, batch)
+        predict_x = images[:n_pred].astype(np.float32)
+        passes = s.heavy_passes  # XLA changes speed by far more than the pass-to-pass noise
+        for precision in precisions:
+            built = {}
+            for jit in ("false", "true"):
+                train_cfg = dataclasses.replace(cfg.train, batch_size=batch,
+                                                jit_compile=jit == "true")
+                built[jit] = build_model_for(dataclasses.replace(cfg, train=train_cfg),
+                                             precision)
+            policy = built["false"][1]
+            if built["true"][0].jit_compile is not True:
+                raise RuntimeError(f"{label}: Keras did not keep jit_compile=True "
+                                   f"(model.jit_compile={built['true'][0].jit_compile!r})")
+            desc = f"{cfg.model.backbone} {size} px, batch {batch}, {policy}"
+            log(f"xla: {label} ({desc})")
+            train: dict[str, list[float]] = {"false": [], "true": []}
+            pred: dict[str, list[float]] = {"false": [], "true": []}
+            first_fit: dict[str, float] = {}
+            first_predict: dict[str, float] = {}
+            for p in range(passes):
+                order = ["false", "true"] if p % 2 == 0 else ["true", "false"]
+                for jit in order:
+                    model = built[jit][0]
+                    step, warm = timed_fit_with_warmup(model, memory, s.warmup_steps,
+                                                       s.xla_timed_steps)
+                    train[jit].append(batch / step)
+                    first_fit.setdefault(jit, warm)
+                    t0 = time.perf_counter()
+                    model.predict(predict_x, batch_size=batch, verbose=0)
+                    first_predict.setdefault(jit, time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    model.predict(predict_x, batch_size=batch, verbose=0)
+                    pred[jit].append(n_pred / (time.perf_counter() - t0))
+                log(f"  pass {p + 1}/{passes}: training off {train['false'][-1]:.1f} / on "
+                    f"{train['true'][-1]:.1f}, predict off {pred['false'][-1]:.1f} / on "
+                    f"{pred['true'][-1]:.1f} images/s")
+            for kind, speeds in (("training", train), ("prediction", pred)):
+                case = f"{label}, {policy}: {kind}"
+                res.add(measured_row("xla", f"{case}, XLA off", "throughput", "images/s",
+                                     speeds["false"], notes=desc))
+                row = measured_row("xla", f"{case}, XLA on", "throughput", "images/s",
+                                   speeds["true"], notes=desc)
+                row.ratio = statistics.median(
+                    a / b for a, b in zip(speeds["true"], speeds["false"])
+                )
+                row.ratio_of = "XLA off"
+                res.add(row)
+                ratios[case] = [row.ratio]
+            for jit in ("false", "true"):
+                res.add(Row("xla", f"{label}, {policy}: first call, XLA "
+                            f"{'on' if jit == 'true' else 'off'}", "first-call time", "s",
+                            first_fit[jit] + first_predict[jit],
+                            first_fit[jit] + first_predict[jit],
+                            first_fit[jit] + first_predict[jit], 1,
+                            notes=f"fit warm-up {first_fit[jit]:.1f} s + first predict "
+                                  f"{first_predict[jit]:.1f} s"))
+            del built
+    res.note("xla", xla_rule_text(device_kind, resolve_jit_compile("auto"), ratios))
+
+
+# --------------------------------------------------------------------------- 4 serving
 
 
 def bench_serving(ctx: Context) -> None:
@@ -759,7 +943,7 @@ def bench_serving(ctx: Context) -> None:
         res.add(row)
 
 
-# --------------------------------------------------------------------------- 4 precision
+# --------------------------------------------------------------------------- 5 precision
 
 
 def bench_precision(ctx: Context) -> None:
@@ -811,7 +995,7 @@ def bench_precision(ctx: Context) -> None:
         res.add(row)
 
 
-# --------------------------------------------------------------------------- 5 gpu
+# --------------------------------------------------------------------------- 6 gpu
 
 
 def bench_gpu(ctx: Context) -> None:
@@ -881,6 +1065,7 @@ def bench_gpu(ctx: Context) -> None:
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "pipeline": bench_pipeline,
     "input_bound": bench_input_bound,
+    "xla": bench_xla,
     "serving": bench_serving,
     "precision": bench_precision,
     "gpu": bench_gpu,

@@ -49,7 +49,7 @@ def smoke_results(tmp_path_factory, shared_data) -> tuple[list[dict[str, str]], 
 def test_every_benchmark_writes_rows_with_positive_ordered_numbers(smoke_results):
     rows, _, _ = smoke_results
     assert {r["benchmark"] for r in rows} == {
-        "pipeline", "input_bound", "serving", "precision", "gpu"
+        "pipeline", "input_bound", "xla", "serving", "precision", "gpu"
     }
     measured = [r for r in rows if r["benchmark"] != "gpu" or r["case"] != "no GPU"]
     assert measured
@@ -76,13 +76,69 @@ def test_pipeline_compares_three_input_pipelines_warm_and_cold(smoke_results):
 @pytest.mark.real_data
 def test_input_bound_ratio_is_pipeline_step_over_memory_step(smoke_results):
     rows, _, _ = smoke_results
-    for model in ("demo config", "VGG16 LeukNet"):
+    for model in ("demo config", "fast CPU preset", "VGG16 LeukNet"):
         real = float(_case(rows, "input_bound", f"{model}: step fed by leukdx")["median"])
         memory = float(_case(rows, "input_bound", f"{model}: step fed by in-memory")["median"])
         ratio = _case(rows, "input_bound", f"{model}: pipeline / in-memory")
         assert float(ratio["median"]) == pytest.approx(real / memory, rel=1e-3)
         assert ratio["target"] == "<= 1.05"
         assert ratio["target_met"] in ("met", "not met")
+
+
+@pytest.mark.real_data
+def test_xla_rows_compare_on_and_off_for_training_and_prediction(smoke_results):
+    rows, markdown, _ = smoke_results
+    xla = [r for r in rows if r["benchmark"] == "xla"]
+    policies = {r["case"].split(", ")[1].split(":")[0] for r in xla}
+    assert policies and policies <= {"float32", "mixed_bfloat16", "mixed_float16"}, policies
+    for model in ("demo config",):  # --smoke measures the demo network only
+        for policy in policies:
+            for kind in ("training", "prediction"):
+                case = f"{model}, {policy}: {kind}"
+                off = _case(rows, "xla", f"{case}, XLA off")
+                on = _case(rows, "xla", f"{case}, XLA on")
+                assert off["unit"] == on["unit"] == "images/s"
+                assert on["ratio_of"] == "XLA off"
+                # one pass: the ratio is exactly on / off
+                assert float(on["ratio"]) == pytest.approx(
+                    float(on["median"]) / float(off["median"]), rel=1e-3)
+            for state in ("on", "off"):
+                first = _case(rows, "xla", f"{model}, {policy}: first call, XLA {state}")
+                assert float(first["median"]) > 0 and first["unit"] == "s"
+    rule = [line for line in markdown.splitlines() if line.startswith("- Rule: on a ")]
+    assert len(rule) == 1, markdown
+    assert "`train.jit_compile: auto` resolves to" in rule[0]
+    assert ("agrees with the rule" in rule[0]) != ("CONTRADICTS the rule" in rule[0])
+
+
+def _bench_module():
+    import importlib.util
+
+    name = "leukdx_bench_run"
+    if name not in sys.modules:  # dataclasses look their module up in sys.modules
+        spec = importlib.util.spec_from_file_location(name, BENCH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize(
+    ("kind", "auto_value", "ratios", "expected"),
+    [
+        ("CPU", False, {"a training": [0.3], "a prediction": [0.8]}, "agrees with"),
+        ("CPU", False, {"a training": [1.4], "a prediction": [1.2]}, "CONTRADICTS"),
+        ("CPU", False, {"a training": [0.7], "a prediction": [1.2]}, "agrees with"),
+        ("GPU", "auto", {"a training": [1.6], "a prediction": [2.0]}, "agrees with"),
+        ("GPU", "auto", {"a training": [0.6], "a prediction": [0.9]}, "CONTRADICTS"),
+    ],
+)
+def test_xla_rule_text_says_whether_the_measurement_agrees(kind, auto_value, ratios, expected):
+    text = _bench_module().xla_rule_text(kind, auto_value, ratios)
+    assert text.startswith(f"Rule: on a {kind} `train.jit_compile: auto` resolves to")
+    assert f"the measurement {expected} the rule" in text
+    lo = min(v for vs in ratios.values() for v in vs)
+    assert f"{lo:.2f}-" in text
 
 
 @pytest.mark.real_data
@@ -103,7 +159,8 @@ def test_serving_and_precision_rows(smoke_results):
 def test_markdown_describes_machine_command_and_device(smoke_results):
     _, markdown, _ = smoke_results
     for text in ("- CPU:", "- Accelerator:", "TensorFlow 2", "Keras 3", "- Date:",
-                 "--smoke", "## pipeline", "## input_bound", "## serving", "## precision",
+                 "--smoke", "## pipeline", "## input_bound", "## xla", "## serving",
+                 "## precision",
                  "## gpu"):
         assert text in markdown, text
 
