@@ -231,8 +231,9 @@ def analyse_feature_space(
             (``FeatureSource.trained_on``); ``None``: not a trained network, nothing refused.
 
     Returns:
-        One row per test source: ``features``, ``n_features`` (dimension the SVM saw: the PCA
-        components, fewer when a training set has fewer images, or the feature dimension),
+        One row per test source: ``features``, ``feature_dim`` (dimension of the features),
+        ``n_features`` (dimension the SVM saw: the PCA components, fewer when a training set
+        has fewer images, or ``feature_dim`` when no PCA applied),
         ``test_source``, ``n_images``, then ``lodo_<metric>`` and ``kfold_<metric>`` (mean over
         folds) and ``kfold_<metric>_std`` for each of :data:`FEATURE_SPACE_METRICS`, then
         ``kfold_k`` and ``note``.
@@ -253,7 +254,8 @@ def analyse_feature_space(
     rows = []
     for source in sources:
         row: dict[str, Any] = {
-            "features": name, "n_features": 0, "test_source": source,
+            "features": name, "feature_dim": int(X.shape[1]), "n_features": 0,
+            "test_source": source,
             "n_images": int((records["source"] == source).sum()),
         }
         notes = []
@@ -314,10 +316,20 @@ def _cell(value: float, percent: bool) -> str:
     return f"{100 * value:.2f}%" if percent else f"{value:.4f}"
 
 
+def _dimension_cell(row: pd.Series) -> str:
+    """``4096 → PCA 80`` when PCA reduced the features, else the dimension (``256``)."""
+    used = int(row["n_features"])
+    dim = row.get("feature_dim")
+    if dim is None or pd.isna(dim) or int(dim) == used:
+        return str(used)
+    return f"{int(dim)} → PCA {used}"
+
+
 def feature_space_markdown(table: pd.DataFrame) -> str:
     """Rows of :func:`analyse_feature_space` (one or several feature sets) shaped like Table 10.
 
-    One bold block per test source; one row per feature set with its number of features and
+    One bold block per test source; one row per feature set with its number of features
+    (``4096 → PCA 80`` when PCA reduced them before the SVM) and
     A/P/R (%) and kappa under LODOCV and k-fold. The best accuracy and kappa of each protocol
     within a block are bold.
 
@@ -342,7 +354,7 @@ def feature_space_markdown(table: pd.DataFrame) -> str:
                 if len(block) > 1 and values.notna().any():
                     best[(protocol, metric)] = values.max()
         for _, row in block.iterrows():
-            cells = [str(row["features"]), str(int(row["n_features"]))]
+            cells = [str(row["features"]), _dimension_cell(row)]
             for protocol in FEATURE_SPACE_PROTOCOLS:
                 for metric in FEATURE_SPACE_METRICS:
                     value = row[f"{protocol}_{metric}"]

@@ -116,6 +116,20 @@ def test_pca_applies_only_above_the_threshold():
             ["n_features"] == 200).all()
 
 
+def test_markdown_names_the_feature_dimension_and_what_pca_kept():
+    records = _records({"a": 40, "b": 40})
+    wide = np.random.default_rng(1).normal(size=(len(records), 300))
+    table = pd.concat([
+        analyse_feature_space(wide, records, name="fc7", pca_components=10, pca_above=256),
+        analyse_feature_space(wide[:, :200], records, name="gap", pca_components=10,
+                              pca_above=256),
+    ], ignore_index=True)
+    rows = feature_space_markdown(table).splitlines()
+    assert all(line.startswith("| fc7 | 300 → PCA 10 |")
+               for line in rows if line.startswith("| fc7 |"))
+    assert all(line.startswith("| gap | 200 |") for line in rows if line.startswith("| gap |"))
+
+
 def test_single_source_has_no_lodo_but_still_kfold_with_lowered_k():
     records = _records({"only": 3})
     X = _flipped_features(records, {"only": 1.0})
