@@ -1209,6 +1209,7 @@ def _write_plots(
 ) -> list[Path]:
     """Confusion matrix and ROC per configuration and test source, metric bars overall."""
     from leukdx.evaluation.ledger import CONFIG_COLUMNS, config_labels
+    from leukdx.evaluation.metrics import confusion
     from leukdx.plots import plot_confusion_matrix, plot_metric_bars, plot_roc
 
     plots = out / PLOTS_DIR
@@ -1224,6 +1225,7 @@ def _write_plots(
         rows = folds[(folds[config_columns] == config.values).all(axis=1)]
         label = labels[i]
         curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        fold_curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for test_source, block in rows.groupby("test_source", sort=False):
             frames = []
             for _, row in block.iterrows():
@@ -1235,22 +1237,21 @@ def _write_plots(
             pooled = pd.concat(frames, ignore_index=True)
             y = pooled["label"].astype(int).to_numpy()
             p = pooled["probability"].to_numpy(dtype=np.float64)
-            pred = pooled["prediction"].astype(int).to_numpy()
-            counts = {
-                "tp": int(((pred == 1) & (y == 1)).sum()),
-                "tn": int(((pred == 0) & (y == 0)).sum()),
-                "fp": int(((pred == 1) & (y == 0)).sum()),
-                "fn": int(((pred == 0) & (y == 1)).sum()),
-            }
+            counts = confusion(y, pooled["prediction"].astype(int).to_numpy())
             stem = _slug(f"{label}__{test_source}")
             written.append(plot_confusion_matrix(
                 counts, plots / f"confusion__{stem}.png",
                 title=f"{label} — {test_source} ({len(block)} fold runs pooled)",
             ))
             curves[str(test_source)] = (y, p)
+            # one faint curve per fold run shows how much the pooled curve varies
+            fold_curves[str(test_source)] = [
+                (f["label"].astype(int).to_numpy(), f["probability"].to_numpy(dtype=np.float64))
+                for f in frames
+            ]
         if curves:
             written.append(plot_roc(curves, plots / f"roc__{_slug(label)}.png",
-                                    title=f"ROC — {label}"))
+                                    title=f"ROC — {label}", folds=fold_curves))
     return written
 
 
