@@ -1,9 +1,11 @@
 """Per-example stateless randomness shared by every leukdx augmentation layer.
 
 Every random layer of :mod:`leukdx.data.augment` derives what it does to image ``i`` of a batch
-from a seed pair ``seeds[i]`` (``(B, 2)`` integers) with TensorFlow's *stateless* random ops.
-The same seed pair always gives the same transform, whatever the batch it sits in, the batch
-size, the thread that runs it or the order in which ``tf.data`` runs parallel map calls.
+from a seed pair ``seeds[i]`` (``(B, 2)`` integers) through a counter-based generator
+(:func:`random_uniform`: a hash of the seed pair and a counter, computed for the whole batch at
+once). The same seed pair always gives the same transform, whatever the batch it sits in, the
+batch size, the thread or device that runs it or the order in which ``tf.data`` runs parallel
+map calls.
 
 Where the seeds come from:
 

@@ -224,15 +224,27 @@ class RandomHEDJitter(_ProbabilityLayer):
         return config
 
 
+# RGB <-> YIQ (NTSC): a hue turn is a rotation of the (I, Q) chroma plane at constant luma Y.
+_YIQ_FROM_RGB = np.array(
+    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
+    np.float64,
+)
+_RGB_FROM_YIQ = np.linalg.inv(_YIQ_FROM_RGB)
+
+
 @keras.saving.register_keras_serializable(package="leukdx")
 class RandomColorJitter(_ProbabilityLayer):
     """Brightness, contrast, saturation and hue jitter, in that order, per image.
+
+    All four are linear in RGB, so they are composed into one 3x3 matrix and offset per image
+    and applied in a single pass (then clipped to ``[0, 255]``).
 
     Args:
         brightness: pixels are multiplied by a factor uniform in ``[1 - b, 1 + b]``.
         contrast: distances to the image's mean luma scaled by ``[1 - c, 1 + c]``.
         saturation: distances to each pixel's luma (grey) scaled by ``[1 - s, 1 + s]``.
-        hue: hue rotated by up to ``±hue`` turns (``0.5`` is half the colour circle), in HSV.
+        hue: hue turned by up to ``±hue`` turns (``0.5`` is half the colour circle), as a
+            rotation of the YIQ chroma plane (luma unchanged).
         probability: chance that an image is jittered.
         seed: as for :class:`RandomHEDJitter`.
     """
@@ -252,21 +264,33 @@ class RandomColorJitter(_ProbabilityLayer):
 
     def augment(self, images, seeds):
         u = random_uniform(seeds, 5)
-        x = images * _per_image(1.0 + _symmetric(u[:, 0], self.brightness))
-        x = tf.clip_by_value(x, 0.0, 255.0)
-        mean = tf.reduce_mean(_luma(x), axis=[1, 2, 3], keepdims=True)
-        x = mean + (x - mean) * _per_image(1.0 + _symmetric(u[:, 1], self.contrast))
-        x = tf.clip_by_value(x, 0.0, 255.0)
-        grey = _luma(x)
-        x = grey + (x - grey) * _per_image(1.0 + _symmetric(u[:, 2], self.saturation))
-        x = tf.clip_by_value(x, 0.0, 255.0)
-        if self.hue:
-            hsv = tf.image.rgb_to_hsv(x / 255.0)
-            shift = _per_image(_symmetric(u[:, 3], self.hue))[..., 0]
-            h = tf.math.floormod(hsv[..., 0] + shift, 1.0)
-            x = tf.image.hsv_to_rgb(tf.stack([h, hsv[..., 1], hsv[..., 2]], axis=-1)) * 255.0
-        x = tf.clip_by_value(x, 0.0, 255.0)
-        return _keep_unchosen(_chosen(u[:, 4], self.probability), x, images)
+        b = 1.0 + _symmetric(u[:, 0], self.brightness)
+        c = 1.0 + _symmetric(u[:, 1], self.contrast)
+        s = 1.0 + _symmetric(u[:, 2], self.saturation)
+        turn = _symmetric(u[:, 3], self.hue) * (2.0 * math.pi)
+        luma = tf.constant(LUMA, tf.float32)
+        eye = tf.eye(3, dtype=tf.float32)
+        grey = tf.tile(luma[:, None], (1, 3))  # x @ grey = (luma, luma, luma)
+        # Pixels as row vectors: x' = x @ M + offset. Brightness then contrast about the
+        # brightened image's mean luma m: x' = c * b * x + (1 - c) * m.
+        mean_luma = tf.reduce_mean(images * luma, axis=[1, 2, 3]) * 3.0  # (B,)
+        offset = ((1.0 - c) * b * mean_luma)[:, None] * tf.ones((1, 3))
+        m = (c * b)[:, None, None] * eye
+        saturate = s[:, None, None] * eye + (1.0 - s)[:, None, None] * grey
+        cos, sin = tf.cos(turn), tf.sin(turn)
+        zeros, ones = tf.zeros_like(cos), tf.ones_like(cos)
+        # rotation of (I, Q) for row vectors: [I, Q] @ [[cos, sin], [-sin, cos]]
+        rotate = tf.stack([tf.stack([ones, zeros, zeros], -1),
+                           tf.stack([zeros, cos, sin], -1),
+                           tf.stack([zeros, -sin, cos], -1)], axis=1)
+        to_yiq = tf.constant(_YIQ_FROM_RGB.T, tf.float32)
+        from_yiq = tf.constant(_RGB_FROM_YIQ.T, tf.float32)
+        hue = to_yiq @ rotate @ from_yiq
+        matrix = m @ saturate @ hue
+        offset = offset[:, None, :] @ saturate @ hue  # (B, 1, 3)
+        out = tf.einsum("bhwc,bcd->bhwd", images, matrix) + offset[:, None, :, :]
+        out = tf.clip_by_value(out, 0.0, 255.0)
+        return _keep_unchosen(_chosen(u[:, 4], self.probability), out, images)
 
     def get_config(self):
         config = super().get_config()

@@ -537,5 +537,5 @@ class RandomFlipRot90(StatelessRandomLayer):
         out = images
         if images.shape[1] is not None and images.shape[1] == images.shape[2]:
             out = where(transpose, tf.transpose(out, (0, 2, 1, 3)), out)
-        out = where(flip_lr, out[:, :, ::-1], out)
-        return where(flip_ud, out[:, ::-1], out)
+        out = where(flip_lr, tf.reverse(out, [2]), out)
+        return where(flip_ud, tf.reverse(out, [1]), out)
