@@ -44,6 +44,7 @@ __all__ = [
     "hex_to_bits",
     "mixed_label_groups",
     "near_pairs",
+    "near_pairs_between",
     "overlap_similarity",
     "recrop_candidates",
     "recrop_pairs",
@@ -166,6 +167,30 @@ def near_pairs(
             i = start + r
             if i < c:
                 yield i, c, int(dist[r, c])
+
+
+def near_pairs_between(
+    hashes_a: Sequence[str] | np.ndarray, hashes_b: Sequence[str] | np.ndarray,
+    max_distance: int, block: int = 2048,
+) -> Iterator[tuple[int, int, int]]:
+    """Pairs ``(i, j, distance)``: row ``i`` of ``hashes_a`` and row ``j`` of ``hashes_b``
+    within ``max_distance`` bits (e.g. a training and a test set, in row blocks of ``b``).
+
+    Example:
+        >>> next(near_pairs_between(["00ff"], ["01ff", "ff00"], max_distance=1))
+        (0, 0, 1)
+    """
+    bits_a, bits_b = _as_bit_matrix(hashes_a), _as_bit_matrix(hashes_b)
+    if max_distance < 0 or not len(bits_a) or not len(bits_b):
+        return
+    if bits_a.shape[1] != bits_b.shape[1]:
+        raise ValueError(f"dHashes of different lengths: {bits_a.shape[1]} and "
+                         f"{bits_b.shape[1]} bits; recompute them with the same hash size.")
+    for start in range(0, len(bits_b), block):
+        dist = _hamming_block(bits_a, bits_b[start : start + block])
+        rows, cols = np.nonzero(dist <= max_distance)
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            yield r, start + c, int(dist[r, c])
 
 
 class UnionFind:

@@ -35,35 +35,6 @@ __all__ = [
 ]
 
 
-def _dhash_bits(hex_hashes: Sequence[str]) -> np.ndarray:
-    """Hex dHash strings → (n, n_bytes) uint8 arrays (all hashes must have the same length)."""
-    lengths = {len(h) for h in hex_hashes}
-    if len(lengths) > 1:
-        raise ValueError(
-            f"dhash values have different lengths {sorted(lengths)}; "
-            "recompute them with the same hash size."
-        )
-    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hex_hashes])
-
-
-def _near_pairs(train_hash: np.ndarray, test_hash: np.ndarray, max_distance: int):
-    """(train_row, test_row) pairs within ``max_distance`` bits, from the first block that has any.
-
-    Only an example is needed for the message, so the scan stops early.
-    """
-    out = []
-    step = max(1, 2_000_000 // max(1, train_hash.shape[0] * train_hash.shape[1]))
-    for start in range(0, test_hash.shape[0], step):
-        block = test_hash[start : start + step]
-        xor = np.bitwise_xor(train_hash[:, None, :], block[None, :, :])
-        distance = np.unpackbits(xor, axis=2).sum(axis=2)
-        rows, cols = np.nonzero(distance <= max_distance)
-        out += list(zip(rows.tolist(), (cols + start).tolist()))
-        if out:
-            break
-    return out
-
-
 def _split_problems(
     records: pd.DataFrame,
     train_idx: np.ndarray,
@@ -106,12 +77,14 @@ def _split_problems(
         and near_duplicate_distance >= 0
         and ("dhash" in records.columns and train_idx.size and test_idx.size)
     ):
+        from leukdx.data.dedup import near_pairs_between
+
         hashes = records["dhash"].astype(str).to_numpy()
-        pairs = _near_pairs(
-            _dhash_bits(hashes[train_idx]), _dhash_bits(hashes[test_idx]), near_duplicate_distance
-        )
-        if pairs:
-            r, c = pairs[0]
+        # one example is enough for the message: stop at the first pair
+        pair = next(near_pairs_between(hashes[train_idx], hashes[test_idx],
+                                       near_duplicate_distance), None)
+        if pair is not None:
+            r, c, _ = pair
             problems.append(
                 f"near-duplicate images (dHash distance <= {near_duplicate_distance}) "
                 f"in {side} and test sets, e.g. {example(train_idx[r], test_idx[c])}"

@@ -24,6 +24,7 @@ from leukdx.data.dedup import (
     hex_to_bits,
     mixed_label_groups,
     near_pairs,
+    near_pairs_between,
     overlap_similarity,
     recrop_pairs,
     sha256_file,
@@ -97,6 +98,24 @@ def test_near_pairs_in_blocks_equals_full_matrix(bits, max_distance):
         if dist[i, j] <= max_distance
     }
     assert set(near_pairs(bits, max_distance, block=4)) == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(0, 9), st.just(16))),
+       arrays(bool, st.tuples(st.integers(0, 9), st.just(16))), st.integers(-1, 8))
+def test_near_pairs_between_two_sets_equals_brute_force(a, b, max_distance):
+    dist = (a[:, None, :] != b[None, :, :]).sum(-1)
+    expected = {(i, j, int(dist[i, j])) for i in range(len(a)) for j in range(len(b))
+                if dist[i, j] <= max_distance}
+    assert set(near_pairs_between(a, b, max_distance, block=3)) == expected
+    hexes = set(near_pairs_between([bits_to_hex(x) for x in a], [bits_to_hex(x) for x in b],
+                                   max_distance))
+    assert hexes == expected
+
+
+def test_near_pairs_between_refuses_hashes_of_different_sizes():
+    with pytest.raises(ValueError, match="different lengths: 16 and 8 bits"):
+        next(near_pairs_between(["00ff"], ["0f"], 1))
 
 
 @settings(max_examples=50, deadline=None)
