@@ -26,18 +26,11 @@ Pure NumPy / scikit-learn; no TensorFlow.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    cohen_kappa_score,
     confusion_matrix,
-    f1_score,
-    matthews_corrcoef,
-    precision_score,
     roc_auc_score,
 )
 
@@ -108,9 +101,11 @@ def _nan_to_zero(value: float) -> float:
 def binary_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5) -> dict[str, float]:
     """Counts and rates of one test set (one fold of one run).
 
-    An image is called leukaemia when ``y_prob >= threshold``. Each rate comes from
-    scikit-learn; the undefined cases are normalised as in the module table (precision 0,
-    recall/specificity NaN for an absent class, MCC 0, kappa 0, ROC AUC NaN).
+    An image is called leukaemia when ``y_prob >= threshold``. The counts come from
+    :func:`confusion`, the rates from them by :func:`metrics_from_counts` (the same
+    definitions that pool folds), ROC AUC from scikit-learn; the undefined cases are normalised
+    as in the module table (precision 0, recall/specificity NaN for an absent class, MCC 0,
+    kappa 0, ROC AUC NaN).
 
     References:
         - Matthews, B. W. (1975). Biochim. Biophys. Acta 405(2):442-451 (MCC); Chicco & Jurman
@@ -147,35 +142,20 @@ def binary_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5) -> dict[str
         raise ValueError("y_prob contains NaN or infinite values; check the model's outputs.")
     pred = (prob >= threshold).astype(np.int64)
     counts = confusion(t, pred)
-    has_pos = counts["tp"] + counts["fn"] > 0
-    has_neg = counts["tn"] + counts["fp"] > 0
-    recall = counts["tp"] / (counts["tp"] + counts["fn"]) if has_pos else float("nan")
-    specificity = counts["tn"] / (counts["tn"] + counts["fp"]) if has_neg else float("nan")
-    with warnings.catch_warnings():
-        # sklearn warns on the degenerate cases that are normalised explicitly below
-        warnings.simplefilter("ignore")
-        out: dict[str, float] = dict(counts)
-        out["accuracy"] = float(accuracy_score(t, pred))
-        out["precision"] = float(precision_score(t, pred, labels=[0, 1], zero_division=0))
-        out["recall"] = float(recall)
-        out["specificity"] = float(specificity)
-        out["f1"] = float(f1_score(t, pred, labels=[0, 1], zero_division=0))
-        out["mcc"] = _nan_to_zero(matthews_corrcoef(t, pred))
-        out["kappa"] = _nan_to_zero(cohen_kappa_score(t, pred, labels=[0, 1]))
-        if has_pos and has_neg:
-            out["roc_auc"] = float(roc_auc_score(t, prob))
-            out["balanced_accuracy"] = float(balanced_accuracy_score(t, pred))
-        else:
-            out["roc_auc"] = float("nan")
-            out["balanced_accuracy"] = float(recall if has_pos else specificity)
+    rates = metrics_from_counts(**counts)  # one set of definitions for folds and pooled counts
+    out: dict[str, float] = dict(counts)
+    for name in METRIC_NAMES:
+        out[name] = rates[name] if name != "roc_auc" else float("nan")
+    if counts["tp"] + counts["fn"] > 0 and counts["tn"] + counts["fp"] > 0:
+        out["roc_auc"] = float(roc_auc_score(t, prob))
     return out
 
 
 def metrics_from_counts(tp: Any, tn: Any, fp: Any, fn: Any) -> dict[str, Any]:
     """The threshold metrics from confusion counts, vectorised over arrays of counts.
 
-    Same definitions and degenerate-case values as :func:`binary_metrics` (which it matches;
-    ROC AUC needs scores and is not included). Used to pool folds (sum the counts, then call
+    The one place the rates are defined: :func:`binary_metrics` calls it too (ROC AUC needs
+    scores and is not included). Used to pool folds (sum the counts, then call
     this) and by the bootstrap, which evaluates thousands of resamples at once.
 
     Args:
