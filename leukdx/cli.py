@@ -141,15 +141,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.address:
         args.set = [*args.set, f"evaluate.ray.address={args.address}"]
     cfg = _config(args, validate=True)
+    if cfg.task == "features":  # the same run as `leukdx features`
+        return _run_features(cfg, args)
+    from leukdx.evaluation.runner import run_evaluation
+
     out = Path(args.out or Path("results") / cfg.name)
-    if cfg.task == "features":
-        from leukdx.features import run_feature_evaluation
-
-        run_feature_evaluation(cfg, out, force=args.force)
-    else:
-        from leukdx.evaluation.runner import run_evaluation
-
-        run_evaluation(cfg, out, force=args.force)
+    run_evaluation(cfg, out, force=args.force)
     print(f"results: {out}")
     return 0
 
@@ -170,9 +167,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    return _run_features(_config(args, validate=True), args)
+
+
+def _run_features(cfg, args: argparse.Namespace) -> int:
+    """``leukdx features``, and ``leukdx evaluate`` of a ``task: features`` config."""
     from leukdx.features import run_feature_evaluation
 
-    cfg = _config(args, validate=True)
     out = Path(args.out or Path("results") / cfg.name)
     run_feature_evaluation(cfg, out, force=args.force)
     print(f"results: {out}")
