@@ -92,6 +92,23 @@ def test_settings_of_the_executor_do_not_change_the_config_hash(tmp_path):
     assert isinstance(get_executor(cfg), executors.LocalExecutor)
 
 
+def test_cli_executor_and_address_reach_the_evaluation(tmp_path, monkeypatch):
+    from leukdx.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {backbone: small_cnn, weights: none}\ndata: {image_size: 32}\n")
+    seen = []
+    monkeypatch.setattr(runner, "run_evaluation", lambda cfg, out, **kw: seen.append(cfg))
+    assert main(["evaluate", "-c", str(config), "--out", str(tmp_path / "r")]) == 0
+    assert main(["evaluate", "-c", str(config), "--out", str(tmp_path / "r"),
+                 "--address", "ray://head:10001"]) == 0
+    assert main(["evaluate", "-c", str(config), "--out", str(tmp_path / "r"),
+                 "--executor", "ray"]) == 0
+    assert [(c.evaluate.executor, c.evaluate.ray.address) for c in seen] == [
+        ("local", None), ("ray", "ray://head:10001"), ("ray", None)]
+
+
+@pytest.mark.slow
 def test_ray_runs_the_grid_in_workers_and_failed_or_interrupted_folds_resume(
         tiny_collection, tmp_path, local_ray, capsys, monkeypatch):
     cfg = _config(tiny_collection, tmp_path)
