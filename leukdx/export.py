@@ -681,6 +681,70 @@ def _default_out(source: Any, loaded: LoadedModel) -> Path:
     raise ValueError(f"Give an output folder (out=...) to export an in-memory model {source!r}.")
 
 
+def _reference_checks(loaded: LoadedModel, model: keras.Model, batch: np.ndarray,
+                      originals: list[np.ndarray], spec: ServingSpec):
+    """The float32 Keras model's probabilities on the check images (``None`` without images)
+    and the checks that need no exported file: float32 vs training precision, Pillow resize."""
+    if not len(batch):
+        return None, []
+    from leukdx.train import predict_proba
+
+    checks: list[dict] = []
+    reference = predict_proba(model, batch)
+    if model is not loaded.model:
+        policies = sorted({_policy_name(layer) for layer in loaded.model.layers} - {"float32"})
+        checks.append(_comparison(
+            "float32_vs_training_precision",
+            "float32 model vs the model in its training policy (" + ", ".join(policies) + ")",
+            reference, predict_proba(loaded.model, batch), None, spec.threshold,
+        ))
+    pixel_check = _resize_pixel_check(batch, originals, spec)
+    if pixel_check is not None:
+        checks.append(pixel_check)
+    return reference, checks
+
+
+def _export_tflite_variant(saved_dir: Path, out_dir: Path, key: str, name: str, quant: bool,
+                           batch: np.ndarray, reference, spec: ServingSpec):
+    """Convert one TFLite file from the SavedModel; its model-card entry and its check."""
+    path = export_tflite(saved_dir, out_dir / name, quantize=quant)
+    interpreter = load_tflite_interpreter(path)
+    details = interpreter.get_signature_runner(FIXED_SIGNATURE).get_input_details()
+    artefact = {
+        "path": name,
+        "bytes": path.stat().st_size,
+        "quantization": "dynamic range (int8 weights)" if quant else "none (float32)",
+        "signature": FIXED_SIGNATURE,
+        "input": {
+            k: f"{np.dtype(v['dtype']).name} {[int(s) for s in v['shape']]}"
+            for k, v in details.items()
+        },
+        "outputs": ["probability", "label"],
+    }
+    checks = []
+    if reference is not None:
+        checks.append(_comparison(key, name, run_tflite(interpreter, batch), reference,
+                                  TOLERANCES[key], spec.threshold))
+    return path, artefact, checks
+
+
+def _copy_keras_model(loaded: LoadedModel, model: keras.Model, out_dir: Path) -> list[Path]:
+    """The ``.keras`` file (and the run's config.yaml, which `leukdx predict` reads beside it)."""
+    target = out_dir / KERAS_FILE
+    if loaded.model_path is not None:
+        if loaded.model_path.resolve() != target.resolve():
+            shutil.copyfile(loaded.model_path, target)
+    else:
+        model.save(target)
+    written = [target]
+    if loaded.run_dir is not None and (loaded.run_dir / CONFIG_FILE).is_file():
+        config_copy = out_dir / CONFIG_FILE
+        if (loaded.run_dir / CONFIG_FILE).resolve() != config_copy.resolve():
+            shutil.copyfile(loaded.run_dir / CONFIG_FILE, config_copy)
+        written.append(config_copy)
+    return written
+
+
 def export_run(
     run_dir_or_model: Any,
     formats: Sequence[str] | str = ("savedmodel", "tflite"),
@@ -691,6 +755,7 @@ def export_run(
     evaluation: str | os.PathLike | None = None,
     n_check: int = 8,
     tta: bool = False,
+    progress: bool = True,
 ) -> ExportResult:
     """Export a trained model for deployment and write its model card.
 
@@ -706,6 +771,7 @@ def export_run(
             card; default: ``summary.csv`` in the run folder or its ``evaluation/``, if any.
         n_check: at most this many check images.
         tta: add the SavedModel's ``serve_tta`` signature (mean over 8 flips/rotations).
+        progress: a tqdm bar over the export steps (off when stderr is not a terminal).
 
     Returns:
         An :class:`ExportResult`: the written paths (SavedModel folder, TFLite files, model
@@ -716,6 +782,8 @@ def export_run(
         UnsafeModelError: the model file contains code that safe mode refuses to run.
         ValueError: unknown format.
     """
+    from tqdm.auto import tqdm
+
     from leukdx.modelcard import build_model_card, write_model_card
 
     chosen = _normalise_formats(formats)
@@ -729,105 +797,67 @@ def export_run(
     if model is not loaded.model:
         log.info("The model was trained with a mixed precision policy; exporting it in float32.")
 
-    check_paths, check_source = check_images(loaded, images, n_check)
-    check_paths, batch, originals = _read_checks(check_paths, spec.image_size, spec.aspect)
-    reference = None
-    checks: list[dict] = []
-    if len(batch):
-        from leukdx.train import predict_proba
-
-        reference = predict_proba(model, batch)
-        if model is not loaded.model:
-            checks.append(
-                _comparison(
-                    "float32_vs_training_precision",
-                    "float32 model vs the model in its training policy ("
-                    + ", ".join(sorted({_policy_name(layer) for layer in loaded.model.layers}
-                                       - {"float32"}))
-                    + ")",
-                    reference, predict_proba(loaded.model, batch), None, spec.threshold,
-                )
-            )
-        pixel_check = _resize_pixel_check(batch, originals, spec)
-        if pixel_check is not None:
-            checks.append(pixel_check)
-
-    written: list[Path] = []
-    artefacts: dict[str, dict[str, Any]] = {}
-    metadata = _serving_metadata(loaded)
+    variants = [("tflite", TFLITE_FILE, False)] + (
+        [("tflite_quant", TFLITE_QUANT_FILE, True)] if quantize else [])
     need_savedmodel = "savedmodel" in chosen or "tflite" in chosen
-    with tempfile.TemporaryDirectory(prefix="leukdx-export-") as scratch:
-        saved_dir = out_dir / SAVED_MODEL_DIR if "savedmodel" in chosen else Path(scratch) / "sm"
-        if need_savedmodel:
-            export_savedmodel(model, saved_dir, spec, metadata)
-            log.info("SavedModel written to %s", saved_dir)
-            if "savedmodel" in chosen:
-                written.append(saved_dir)
-                artefacts["savedmodel"] = {
-                    "path": SAVED_MODEL_DIR,
-                    "signatures": signature_docs(spec),
-                }
-            if reference is not None:
-                checks += _savedmodel_checks(
-                    saved_dir, check_paths, batch, originals, reference, spec
-                )
-        if "tflite" in chosen:
-            variants = [("tflite", TFLITE_FILE, False)]
-            if quantize:
-                variants.append(("tflite_quant", TFLITE_QUANT_FILE, True))
-            for key, name, quant in variants:
-                path = export_tflite(saved_dir, out_dir / name, quantize=quant)
-                written.append(path)
-                interpreter = load_tflite_interpreter(path)
-                details = interpreter.get_signature_runner(FIXED_SIGNATURE).get_input_details()
-                artefacts[key] = {
-                    "path": name,
-                    "bytes": path.stat().st_size,
-                    "quantization": "dynamic range (int8 weights)" if quant else "none (float32)",
-                    "signature": FIXED_SIGNATURE,
-                    "input": {
-                        k: f"{np.dtype(v['dtype']).name} {[int(s) for s in v['shape']]}"
-                        for k, v in details.items()
-                    },
-                    "outputs": ["probability", "label"],
-                }
-                if reference is not None:
-                    checks.append(
-                        _comparison(
-                            key, name, run_tflite(interpreter, batch), reference,
-                            TOLERANCES[key], spec.threshold,
-                        )
-                    )
-    if "keras" in chosen:
-        target = out_dir / KERAS_FILE
-        if loaded.model_path is not None:
-            if loaded.model_path.resolve() != target.resolve():
-                shutil.copyfile(loaded.model_path, target)
-        else:
-            model.save(target)
-        written.append(target)
-        artefacts["keras"] = {"path": KERAS_FILE, "loads_with": "leukdx.train.load_model"}
-        if loaded.run_dir is not None and (loaded.run_dir / CONFIG_FILE).is_file():
-            # Beside the model, the run's config gives `leukdx predict` its size, aspect and
-            # threshold.
-            config_copy = out_dir / CONFIG_FILE
-            if (loaded.run_dir / CONFIG_FILE).resolve() != config_copy.resolve():
-                shutil.copyfile(loaded.run_dir / CONFIG_FILE, config_copy)
-            written.append(config_copy)
+    steps = (2 + int(need_savedmodel) + len(variants) * int("tflite" in chosen)
+             + int("keras" in chosen))
+    # disable=None: tqdm switches itself off when stderr is not a terminal (logs, CI)
+    bar = tqdm(total=steps, desc="export", unit="step", disable=None if progress else True)
 
-    for check in checks:
-        log.info("Export check %s: max abs diff %.3g %s (%d images)", check["check"],
-                 check["max_abs_diff"], check["unit"], check["n_images"])
-    card = build_model_card(
-        loaded,
-        spec,
-        artefacts=artefacts,
-        checks=checks,
-        check_images=check_source,
-        evaluation=evaluation,
-    )
-    json_path, md_path = write_model_card(card, out_dir)
-    written += [json_path, md_path]
+    def step(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update()
+
+    with bar:
+        check_paths, check_source = check_images(loaded, images, n_check)
+        check_paths, batch, originals = _read_checks(check_paths, spec.image_size, spec.aspect)
+        reference, checks = _reference_checks(loaded, model, batch, originals, spec)
+        step("Keras reference")
+
+        written: list[Path] = []
+        artefacts: dict[str, dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory(prefix="leukdx-export-") as scratch:
+            saved_dir = (out_dir / SAVED_MODEL_DIR if "savedmodel" in chosen
+                         else Path(scratch) / "sm")
+            if need_savedmodel:
+                export_savedmodel(model, saved_dir, spec, _serving_metadata(loaded))
+                log.info("SavedModel written to %s", saved_dir)
+                if "savedmodel" in chosen:
+                    written.append(saved_dir)
+                    artefacts["savedmodel"] = {
+                        "path": SAVED_MODEL_DIR,
+                        "signatures": signature_docs(spec),
+                    }
+                if reference is not None:
+                    checks += _savedmodel_checks(
+                        saved_dir, check_paths, batch, originals, reference, spec
+                    )
+                step("SavedModel")
+            for key, name, quant in variants if "tflite" in chosen else ():
+                path, artefacts[key], tflite_checks = _export_tflite_variant(
+                    saved_dir, out_dir, key, name, quant, batch, reference, spec)
+                written.append(path)
+                checks += tflite_checks
+                step(name)
+        if "keras" in chosen:
+            written += _copy_keras_model(loaded, model, out_dir)
+            artefacts["keras"] = {"path": KERAS_FILE, "loads_with": "leukdx.train.load_model"}
+            step(KERAS_FILE)
+
+        for check in checks:
+            log.info("Export check %s: max abs diff %.3g %s (%d images)", check["check"],
+                     check["max_abs_diff"], check["unit"], check["n_images"])
+        card = build_model_card(
+            loaded,
+            spec,
+            artefacts=artefacts,
+            checks=checks,
+            check_images=check_source,
+            evaluation=evaluation,
+        )
+        written += list(write_model_card(card, out_dir))
+        step("model card")
     return ExportResult(written, out_dir, card, checks)
 
 

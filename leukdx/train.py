@@ -768,6 +768,86 @@ def _plot_curves(
     plot_curves(history, path, best_epoch=best_epoch, majority_baseline=majority)
 
 
+def _start_run_folder(out: Path, write_dir: Path, cfg: Config,
+                      force: bool) -> tuple[int, pd.DataFrame]:
+    """Create (or clear, with ``force``) the run folder and find where training resumes.
+
+    Returns:
+        The epochs already done (from the backup; 0 for a fresh start) and the history rows
+        of those epochs. ``config.yaml`` is written.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if force:
+        _clear_run_folder(out)
+    write_dir.mkdir(parents=True, exist_ok=True)
+    epochs_done = _backup_epoch(write_dir / BACKUP_DIR)
+    if epochs_done == 0:
+        if _has_training(write_dir):
+            log.warning("%s holds a run that was killed before its first epoch was backed "
+                        "up; training afresh.", out)
+        # No usable backup: whatever partial files exist belong to a run that cannot resume.
+        _clear_run_folder(write_dir)
+        prior_history = pd.DataFrame(columns=["epoch"])
+    else:
+        prior_history = _truncate_history(write_dir / HISTORY_FILE, epochs_done)
+        log.info("Resuming %s after epoch %d of %d.", out, epochs_done, cfg.train.epochs)
+    save_config(cfg, write_dir / CONFIG_FILE)
+    return epochs_done, prior_history
+
+
+def _run_info(cfg: Config, collection, records: pd.DataFrame, train_labels: np.ndarray,
+              val_labels: np.ndarray, model: keras.Model, history: pd.DataFrame, monitor: str,
+              *, precision: str, jit_compile: bool, strategy, class_weight,
+              epochs_done: int, infer_ms: float) -> dict[str, Any]:
+    """The facts of a finished run, as written to ``run.json``."""
+    epochs_completed = int(history["epoch"].max()) + 1 if not history.empty else 0
+    seconds = (
+        float(pd.to_numeric(history["epoch_seconds"], errors="coerce").sum())
+        if "epoch_seconds" in history
+        else float("nan")
+    )
+    info = {
+        "status": "finished",
+        "name": cfg.name,
+        "versions": software_versions(),
+        "seed": int(cfg.seed),
+        "data": {
+            "root": str(cfg.data.root),
+            "fingerprint": collection.fingerprint,
+            "sources": sorted(records["source"].unique().tolist()),
+            "image_size": int(cfg.data.image_size),
+            "n_train": _class_counts(train_labels),
+            "n_val": _class_counts(val_labels),
+            "validation": (
+                f"source {cfg.train.validation_source}" if cfg.train.validation_source
+                else f"grouped split {cfg.train.validation_split:g}"
+            ),
+        },
+        "model": {
+            "backbone": cfg.model.backbone,
+            "strategy": cfg.model.strategy,
+            "weights": cfg.model.weights,
+            "parameters": int(model.count_params()),
+            "trainable_parameters": int(
+                sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+            ),
+        },
+        "device": device_info(),
+        "precision": precision,
+        "jit_compile": jit_compile,
+        "distribution": _strategy_name(strategy),
+        "class_weight": class_weight,
+        "epochs_planned": int(cfg.train.epochs),
+        "epochs_completed": epochs_completed,
+        "resumed_from_epoch": epochs_done,
+        "train_seconds": seconds,
+        "infer_ms_per_image": infer_ms,
+        "infer_batch_size": INFERENCE_BATCH_SIZE,
+        "best": _best_epoch(history, monitor),
+    }
+    return info
+
+
 def train_run(
     cfg: Config,
     out_dir: str | os.PathLike,
@@ -853,23 +933,7 @@ def train_run(
 
     # The inputs are valid: from here on the run folder is written.
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    if force:
-        _clear_run_folder(out)
-    write_dir.mkdir(parents=True, exist_ok=True)
-
-    epochs_done = _backup_epoch(write_dir / BACKUP_DIR)
-    if epochs_done == 0:
-        if _has_training(write_dir):
-            log.warning("%s holds a run that was killed before its first epoch was backed "
-                        "up; training afresh.", out)
-        # No usable backup: whatever partial files exist belong to a run that cannot resume.
-        _clear_run_folder(write_dir)
-        prior_history = pd.DataFrame(columns=["epoch"])
-    else:
-        prior_history = _truncate_history(write_dir / HISTORY_FILE, epochs_done)
-        log.info("Resuming %s after epoch %d of %d.", out, epochs_done, cfg.train.epochs)
-    save_config(cfg, write_dir / CONFIG_FILE)
+    epochs_done, prior_history = _start_run_folder(out, write_dir, cfg, force)
 
     previous_policy = keras.mixed_precision.global_policy()
     try:
@@ -914,51 +978,11 @@ def train_run(
     _plot_curves(history, write_dir / CURVES_FILE,
                  _best_epoch(history, monitor).get("epoch"),
                  val_labels if val_labels is not None and len(val_labels) else train_labels)
-    epochs_completed = int(history["epoch"].max()) + 1 if not history.empty else 0
-    seconds = (
-        float(pd.to_numeric(history["epoch_seconds"], errors="coerce").sum())
-        if "epoch_seconds" in history
-        else float("nan")
+    info = _run_info(
+        cfg, collection, records, train_labels, val_labels, model, history, monitor,
+        precision=policy_name, jit_compile=jit_compile, strategy=strategy,
+        class_weight=weights, epochs_done=epochs_done, infer_ms=infer_ms,
     )
-    info = {
-        "status": "finished",
-        "name": cfg.name,
-        "versions": software_versions(),
-        "seed": int(cfg.seed),
-        "data": {
-            "root": str(cfg.data.root),
-            "fingerprint": collection.fingerprint,
-            "sources": sorted(records["source"].unique().tolist()),
-            "image_size": int(cfg.data.image_size),
-            "n_train": _class_counts(train_labels),
-            "n_val": _class_counts(val_labels),
-            "validation": (
-                f"source {cfg.train.validation_source}" if cfg.train.validation_source
-                else f"grouped split {cfg.train.validation_split:g}"
-            ),
-        },
-        "model": {
-            "backbone": cfg.model.backbone,
-            "strategy": cfg.model.strategy,
-            "weights": cfg.model.weights,
-            "parameters": int(model.count_params()),
-            "trainable_parameters": int(
-                sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-            ),
-        },
-        "device": device_info(),
-        "precision": policy_name,
-        "jit_compile": jit_compile,
-        "distribution": _strategy_name(strategy),
-        "class_weight": weights,
-        "epochs_planned": int(cfg.train.epochs),
-        "epochs_completed": epochs_completed,
-        "resumed_from_epoch": epochs_done,
-        "train_seconds": seconds,
-        "infer_ms_per_image": infer_ms,
-        "infer_batch_size": INFERENCE_BATCH_SIZE,
-        "best": _best_epoch(history, monitor),
-    }
     write_json_atomic(info, write_dir / RUN_FILE)
     # The run is complete: its resumption state is no longer needed.
     shutil.rmtree(write_dir / BACKUP_DIR, ignore_errors=True)

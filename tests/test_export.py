@@ -376,6 +376,41 @@ def test_export_rejects_unknown_format(exported):
         export_run(run, formats=("onnx",))
 
 
+def test_export_steps_show_on_a_progress_bar(exported, synthetic_files, tmp_path,
+                                             monkeypatch):
+    import tqdm.auto
+
+    from leukdx.export import export_run
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            self.kwargs, self.updates, self.postfixes = kwargs, 0, []
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def set_postfix_str(self, text):
+            self.postfixes.append(text)
+
+        def update(self, n=1):
+            self.updates += n
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    run, _, _ = exported
+    export_run(run, formats=("keras",), out=tmp_path / "keras_only",
+               images=[synthetic_files["png0"]], progress=True)
+    (bar,) = bars
+    assert bar.kwargs["desc"] == "export" and bar.kwargs["disable"] is None
+    assert bar.kwargs["total"] == bar.updates == 3
+    assert bar.postfixes == ["Keras reference", "model.keras", "model card"]
+
+
 def test_evaluation_summary_goes_into_the_card(exported, tmp_path):
     import pandas as pd
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leukdx.config import ConfigError, config_from_dict, config_to_dict
@@ -46,6 +46,7 @@ def _config(root: Path, cache_dir: Path, **sections):
 # ------------------------------------------------------------------------------ pure helpers
 
 
+@settings(deadline=None)  # the first call imports scikit-learn
 @given(st.lists(st.integers(0, 1), min_size=2, max_size=200).filter(lambda v: 0 < sum(v) < len(v)))
 def test_balanced_class_weights_give_each_class_equal_total_weight(labels):
     labels = np.array(labels)
