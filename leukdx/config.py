@@ -265,6 +265,13 @@ class TrainConfig:
             ``None`` disables.
         class_weight: ``none`` or ``balanced``.
         threshold: probability at or above which an image is called leukaemia.
+        calibrate: how an evaluation fold sets its threshold: ``none`` (``threshold``) or
+            ``unseen_source``: one healthy-only training source (chosen by the fold's seed)
+            is withheld from fitting, and the threshold is the ``calibration_specificity``
+            quantile of its P(leukaemia), so images of a lab the model never saw are called
+            healthy at that specificity. Probabilities shrink on unseen sources, so a fixed
+            0.5 calls every image of a new lab healthy even when the ranking is right.
+        calibration_specificity: the specificity the ``unseen_source`` threshold aims at.
         tensorboard: write TensorBoard logs in the run folder.
         verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
     """
@@ -284,6 +291,8 @@ class TrainConfig:
     reduce_lr_patience: int | None = None
     class_weight: str = "none"
     threshold: float = 0.5
+    calibrate: str = "none"
+    calibration_specificity: float = 0.95
     tensorboard: bool = True
     verbose: int = 1
 
@@ -449,6 +458,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     "train.distribution": ("auto", "none", "mirrored", "multi_worker"),
     "train.class_weight": ("none", "balanced"),
+    "train.calibrate": ("none", "unseen_source"),
     "evaluate.protocol": ("lodo", "kfold", "holdout", "external"),
     "evaluate.executor": ("local", "ray"),
 }

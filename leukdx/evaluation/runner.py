@@ -396,6 +396,18 @@ class FineTuneTrainer:
 
         train_records = train_records.reset_index(drop=True)
         extra: dict[str, Any] = {}
+        calibration = None
+        if cfg.train.calibrate == "unseen_source":
+            calibration = calibration_source(train_records, seed)
+            if calibration is None:
+                log.warning("train.calibrate: unseen_source needs a healthy-only training "
+                            "source besides the two-class ones; using train.threshold.")
+            else:
+                keep = (train_records["source"] != calibration).to_numpy()
+                calibration_images = train_images[~keep]
+                train_records = train_records[keep].reset_index(drop=True)
+                train_images = train_images[keep]
+                extra["calibration_source"] = calibration
         if cfg.pretrain.per_fold:
             cfg, extra["pretrain_seconds"] = self._pretrained(cfg, train_records, train_images)
         keras.utils.set_random_seed(int(seed))
@@ -425,6 +437,8 @@ class FineTuneTrainer:
                                                             cfg.evaluate.tta)
             else:
                 probabilities, infer_ms = predict_timed(model, test_images)
+            if calibration is not None:
+                extra["threshold"] = self._unseen_threshold(model, calibration_images, cfg)
             # what Keras resolved (``auto`` becomes a bool once the model is compiled)
             jit_compile = getattr(model, "jit_compile", getattr(cfg.train, "jit_compile", None))
         finally:
@@ -432,6 +446,18 @@ class FineTuneTrainer:
         return FoldOutput(probabilities, train_seconds, infer_ms, n_fit=len(fit_pos),
                           n_val=len(val_pos), precision_policy=policy_name,
                           jit_compile=jit_compile, extra_columns=extra)
+
+    def _unseen_threshold(self, model, images: np.ndarray, cfg: Config) -> float:
+        """The ``train.calibration_specificity`` quantile of P(leukaemia) over the images of
+        the withheld healthy-only source, scored exactly as the test images are."""
+        from leukdx.train import predict_timed
+
+        if cfg.evaluate.tta > 1:
+            scores, _ = self._predict_tta(model, images, cfg.evaluate.tta)
+        else:
+            scores, _ = predict_timed(model, images)
+        return float(np.quantile(np.asarray(scores, dtype=np.float64),
+                                 cfg.train.calibration_specificity))
 
     @staticmethod
     def _pretrained(cfg: Config, train_records: pd.DataFrame,
@@ -459,6 +485,27 @@ class FineTuneTrainer:
         start = time.perf_counter()
         probabilities = predict_proba_tta(model, images, n, INFERENCE_BATCH_SIZE)
         return probabilities, (time.perf_counter() - start) * 1000.0 / len(images)
+
+
+def calibration_source(train_records: pd.DataFrame, seed: int) -> str | None:
+    """The training source a fold withholds to calibrate its threshold on
+    (``train.calibrate: unseen_source``): one of the sources that hold only healthy images,
+    drawn with the fold's seed, so the runs of a fold rotate over them. ``None`` when there
+    is none (withholding a two-class source would take away leukaemia examples).
+
+    Example:
+        >>> import pandas as pd
+        >>> recs = pd.DataFrame({"source": ["a", "a", "b", "c"], "label": [0, 1, 0, 0]})
+        >>> calibration_source(recs, seed=0) in {"b", "c"}
+        True
+        >>> calibration_source(recs[recs.source == "a"], seed=0) is None
+        True
+    """
+    by_source = train_records.groupby("source")["label"].max()
+    candidates = sorted(str(s) for s, has_leukaemia in by_source.items() if has_leukaemia == 0)
+    if not candidates:
+        return None
+    return candidates[int(np.random.default_rng(int(seed)).integers(len(candidates)))]
 
 
 def best_validation(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
@@ -953,7 +1000,9 @@ def run_fold(task: FoldTask, trainer: FoldTrainer, cache) -> FoldResult:
             f"{len(test_records)} test images ({split.name})."
         )
     y_test = test_records["label"].to_numpy().astype(int)
-    metrics = binary_metrics(y_test, probabilities, threshold=cfg.train.threshold)
+    # a trainer may calibrate the fold's own threshold (train.calibrate)
+    threshold = float((output.extra_columns or {}).get("threshold", cfg.train.threshold))
+    metrics = binary_metrics(y_test, probabilities, threshold=threshold)
     keras_model = getattr(trainer, "builds_keras_models", True)
     jit = output.jit_compile
     if jit is None and keras_model:
@@ -1146,7 +1195,8 @@ def _write_fold(out: Path, ledger: Ledger, task: FoldTask, result: FoldResult) -
         preds = result.predictions
         write_predictions(out / PREDICTIONS_DIR / predictions_name(task.key),
                           preds["path"].tolist(), preds["label"].to_numpy(),
-                          preds["probability"].to_numpy(), threshold=task.cfg.train.threshold)
+                          preds["probability"].to_numpy(),
+                          threshold=float(result.row.get("threshold", task.cfg.train.threshold)))
     ledger.append(result.row)  # under the ledger lock; the fold is now safe from a crash
 
 
