@@ -60,6 +60,8 @@ VARIANTS: tuple[str, ...] = (
     "lodo_cpu_cells",
     "lodo_cpu_tta",
     "lodo_cpu_simclr",
+    "lodo_cpu_calibrated",
+    "lodo_generalise_uncalibrated",
     "lodo_generalise",
 )
 METRICS: tuple[tuple[str, str], ...] = (
