@@ -292,22 +292,30 @@ def analyse_feature_space(
                 svm_dims.append(int(model.named_steps["svm"].n_features_in_))
                 prob = positive_probability(model, X[test])
                 results[protocol].append(binary_metrics(labels[test], prob, threshold))
-        for protocol, folds in results.items():
-            for metric in FEATURE_SPACE_METRICS:
-                values = np.array([f[metric] for f in folds], dtype=np.float64)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN -> NaN
-                    row[f"{protocol}_{metric}"] = float(np.nanmean(values)) if values.size else np.nan
-                    if protocol == "kfold":
-                        row[f"kfold_{metric}_std"] = (
-                            float(np.nanstd(values, ddof=1)) if values.size > 1 else np.nan
-                        )
+        row.update(_fold_means(results))
         # PCA keeps at most as many components as training images, so report what was used.
         row["n_features"] = max(svm_dims) if svm_dims else int(X.shape[1])
         row["kfold_k"] = int(k_used) if k_used >= 2 else 0
         row["note"] = "; ".join(notes)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _fold_means(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+    """``<protocol>_<metric>`` means over folds (NaN without folds) and, for k-fold, the
+    standard deviations ``kfold_<metric>_std``."""
+    out: dict[str, float] = {}
+    for protocol, folds in results.items():
+        for metric in FEATURE_SPACE_METRICS:
+            values = np.array([f[metric] for f in folds], dtype=np.float64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN -> NaN
+                out[f"{protocol}_{metric}"] = float(np.nanmean(values)) if values.size else np.nan
+                if protocol == "kfold":
+                    out[f"kfold_{metric}_std"] = (
+                        float(np.nanstd(values, ddof=1)) if values.size > 1 else np.nan
+                    )
+    return out
 
 
 def _cell(value: float, percent: bool) -> str:
