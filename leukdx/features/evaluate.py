@@ -277,6 +277,43 @@ def _analysis_sources(cfg: Config) -> list[str] | None:
     return None
 
 
+def _write_feature_space_reports(cfg: Config, out: Path, table10: pd.DataFrame,
+                                 confound: list[dict[str, Any]],
+                                 feature_info: list[dict[str, Any]]) -> list[str]:
+    """Write feature_space.csv/.md, source_confound.csv/.json and features.json.
+
+    Returns:
+        The Markdown reports, to print.
+    """
+    printed = []
+    atomic_write_text(out / "feature_space.csv", table10.to_csv(index=False))
+    md10 = (
+        f"# {cfg.name}: feature-space analysis (LeukNet Table 10)\n\n"
+        "Linear SVM on the features (PCA to "
+        f"{cfg.features.pca_components} components when the dimension exceeds "
+        f"{cfg.features.pca_above}). LODO: trained on every other source, tested on this one. "
+        f"k-fold: grouped, stratified {cfg.evaluate.k}-fold inside this source alone (mean "
+        "over folds). A: accuracy, P: precision, R: recall, Kappa: Cohen's kappa.\n\n"
+        + feature_space_markdown(table10)
+    )
+    atomic_write_text(out / "feature_space.md", md10)
+    printed.append(md10)
+
+    atomic_write_text(out / "source_confound.csv", pd.DataFrame(confound).to_csv(index=False))
+    write_json_atomic({"experiment": cfg.name, "reports": confound}, out / "source_confound.json")
+    n_folds = max(r["folds"] for r in confound)
+    md_confound = (
+        "# Source confound\n\nCross-validated accuracy of a linear classifier predicting the "
+        "source dataset from the features, next to predicting the class (grouped, stratified "
+        f"{n_folds}-fold; chance = always the largest source / class). Last column: the class "
+        "predicted from the source name alone.\n\n" + _confound_markdown(confound)
+    )
+    printed.append(md_confound)
+    write_json_atomic({"experiment": cfg.name, "feature_sets": feature_info},
+                      out / "features.json")
+    return printed
+
+
 def run_feature_evaluation(
     cfg: Config, out_dir: str | Path, *, progress: bool = True, force: bool = False
 ) -> pd.DataFrame:
@@ -361,32 +398,8 @@ def run_feature_evaluation(
             plot_feature_space(fs.features, records, plots_dir, name=name,
                                sources=_analysis_sources(pcfg), seed=pcfg.seed)
 
-    table10 = pd.concat(analysis_rows, ignore_index=True)
-    atomic_write_text(out / "feature_space.csv", table10.to_csv(index=False))
-    md10 = (
-        f"# {cfg.name}: feature-space analysis (LeukNet Table 10)\n\n"
-        "Linear SVM on the features (PCA to "
-        f"{cfg.features.pca_components} components when the dimension exceeds "
-        f"{cfg.features.pca_above}). LODO: trained on every other source, tested on this one. "
-        f"k-fold: grouped, stratified {cfg.evaluate.k}-fold inside this source alone (mean "
-        "over folds). A: accuracy, P: precision, R: recall, Kappa: Cohen's kappa.\n\n"
-        + feature_space_markdown(table10)
-    )
-    atomic_write_text(out / "feature_space.md", md10)
-    printed.append(md10)
-
-    atomic_write_text(out / "source_confound.csv", pd.DataFrame(confound).to_csv(index=False))
-    write_json_atomic({"experiment": cfg.name, "reports": confound}, out / "source_confound.json")
-    n_folds = max(r["folds"] for r in confound)
-    md_confound = (
-        "# Source confound\n\nCross-validated accuracy of a linear classifier predicting the "
-        "source dataset from the features, next to predicting the class (grouped, stratified "
-        f"{n_folds}-fold; chance = always the largest source / class). Last column: the class "
-        "predicted from the source name alone.\n\n" + _confound_markdown(confound)
-    )
-    printed.append(md_confound)
-    write_json_atomic({"experiment": cfg.name, "feature_sets": feature_info},
-                      out / "features.json")
+    printed += _write_feature_space_reports(
+        cfg, out, pd.concat(analysis_rows, ignore_index=True), confound, feature_info)
     if progress:
         print("\n".join(printed))
     return folds
