@@ -773,15 +773,34 @@ def config_hash(cfg: Config) -> str:
         >>> config_hash(base) == config_hash(replace(base, {"train.epochs": 2}))
         False
     """
-    material = {"results_version": RESULTS_VERSION, "settings": result_settings(cfg)}
+    settings = result_settings(cfg)
+    # Settings at their default are left out (the data folder aside), so a setting added in a
+    # later leukdx, whose default keeps the old behaviour, leaves earlier folders valid. A
+    # change of a default's meaning bumps RESULTS_VERSION instead.
+    defaults = _default_settings()
+    material = {"results_version": RESULTS_VERSION,
+                "settings": {k: v for k, v in settings.items()
+                             if k == "data.root" or k not in defaults
+                             or _canonical(defaults[k]) != _canonical(v)}}
     text = json.dumps(material, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def _default_settings() -> dict[str, Any]:
+    return result_settings(Config())
+
+
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ; a key one side lacks (a setting added in a later
+    leukdx, or dropped) counts as its default there."""
+    defaults = _default_settings()
     keys = sorted(set(saved) | set(current))
-    return [k for k in keys if json.dumps(saved.get(k), default=str, sort_keys=True)
-            != json.dumps(current.get(k), default=str, sort_keys=True)]
+    return [k for k in keys
+            if _canonical(saved.get(k, defaults.get(k))) != _canonical(current.get(k, defaults.get(k)))]
 
 
 def _shown(keys: Sequence[str]) -> str:

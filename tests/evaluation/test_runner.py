@@ -512,3 +512,18 @@ def test_fine_tuning_reports_its_first_batches_then_each_epoch(tiny_collection, 
         (0, "batches"), (0, "epoch"), (1, "epoch")]
     assert all(seconds > 0 and n_fit == 12 for _, seconds, n_fit, _ in calls)
     assert (output.n_fit, output.n_val, output.precision_policy) == (12, 0, "float32")
+
+
+def test_a_setting_added_later_at_its_default_keeps_older_folders_valid():
+    from leukdx.config import Config, replace
+    from leukdx.evaluation.runner import _differences, config_hash, result_settings
+
+    current = result_settings(Config())
+    older = {k: v for k, v in current.items() if k != "train.calibrate"}  # before it existed
+    assert _differences(older, current) == []
+    changed = result_settings(replace(Config(), {"train.calibrate": "unseen_source"}))
+    assert _differences(older, changed) == ["train.calibrate"]
+    # the hash leaves settings at their default out, so it is the same with or without them
+    assert config_hash(Config()) != config_hash(replace(Config(), {"train.calibrate":
+                                                                   "unseen_source"}))
+    assert config_hash(replace(Config(), {"train.epochs": 3})) != config_hash(Config())
