@@ -29,6 +29,7 @@ Pure NumPy / SciPy / statsmodels; no TensorFlow.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -301,6 +302,12 @@ def _align_keys(df: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataF
     return out
 
 
+def _normalised_paths(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out["path"] = [os.path.normpath(str(p)) for p in out["path"]]
+    return out
+
+
 def align_predictions(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
     """Pair the per-image predictions of A and B on image and fold keys.
 
@@ -325,6 +332,9 @@ def align_predictions(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFram
             "images."
         )
     pred_a, pred_b = _with_default_repeat(pred_a), _with_default_repeat(pred_b)
+    if image == "path":
+        # the same file written as ../shared/data/x.jpg or /work/shared/data/x.jpg is one image
+        pred_a, pred_b = _normalised_paths(pred_a), _normalised_paths(pred_b)
     keys = [image] + [c for c in ALIGN_COLUMNS if c in pred_a.columns and c in pred_b.columns]
 
     def side(df: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -343,3 +343,15 @@ def test_compare_results_errors():
         compare_results(pd.concat([a, a]), a)
     with pytest.raises(ValueError, match="no 'kappa' column"):
         compare_results(a, a, metric="kappa")
+
+
+def test_predictions_pair_the_same_file_written_through_another_path():
+    from leukdx.evaluation.stats import align_predictions
+
+    a = pd.DataFrame({"path": ["/w/main/../shared/a.jpg", "/w/main/../shared/b.jpg"],
+                      "label": [0, 1], "probability": [0.2, 0.7], "run": [0, 0]})
+    b = pd.DataFrame({"path": ["/w/shared/a.jpg", "/w/shared/b.jpg"],
+                      "label": [0, 1], "probability": [0.4, 0.9], "run": [0, 0]})
+    merged = align_predictions(a, b)
+    assert len(merged) == 2
+    assert merged.sort_values("path")["probability_b"].tolist() == [0.4, 0.9]
