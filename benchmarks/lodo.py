@@ -66,7 +66,7 @@ VARIANTS: tuple[str, ...] = (
 )
 METRICS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"), ("mcc", "MCC"), ("recall", "sensitivity"),
-    ("specificity", "specificity"),
+    ("specificity", "specificity"), ("roc_auc", "AUC"),
 )
 VALIDATION = ("val_loss", "val_accuracy", "val_auc")
 SMOKE = {"data.image_size": 32, "train.epochs": 1, "evaluate.runs": 1, "data.max_per_class": 6,
