@@ -224,9 +224,13 @@ def markdown(table: pd.DataFrame, machine: dict[str, Any], overrides: dict[str, 
         "the paired t-test of the variant's MCC against the baseline's over (test source, "
         "run) (`leukdx compare`).",
         "",
-        "**Selection rule.** The recipe is chosen on the validation metrics (best epoch of "
-        "each fit, validation images drawn from the *training* sources of the fold), never on "
-        "the test sources: the test columns measure the chosen recipe, they do not choose it.",
+        "**Selection rule.** Nothing is chosen on the test sources: the test columns measure "
+        "recipes, they do not choose them. The validation columns (best epoch of each fit, "
+        "validation images drawn from the *training* sources of the fold) are in-domain: they "
+        "rank how well a recipe fits the sources it saw, not how it transfers, so "
+        "`lodo_generalise` is fixed from what each technique removes (scale, colour, batch "
+        "statistics, an uncalibrated threshold) rather than picked from this table. AUC shows "
+        "the ranking a threshold cannot fix.",
         "",
         f"- Command: `{machine['command']}`",
         f"- Settings: {', '.join(f'{k}={v}' for k, v in overrides.items())}"
@@ -239,9 +243,9 @@ def markdown(table: pd.DataFrame, machine: dict[str, Any], overrides: dict[str, 
         "",
         "## Mean over test sources",
         "",
-        "| variant | accuracy | MCC | sensitivity | specificity | val loss | val acc | "
-        "val AUC | p (MCC) vs baseline | wall-clock |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | " + " | ".join(label for _, label in METRICS)
+        + " | val loss | val acc | val AUC | p (MCC) vs baseline | wall-clock |",
+        "|---|" + "---|" * (len(METRICS) + len(VALIDATION) + 2),
     ]
 
     def cell(row, label):
@@ -254,9 +258,9 @@ def markdown(table: pd.DataFrame, machine: dict[str, Any], overrides: dict[str, 
             + f" | {_fmt(row['p_mcc_vs_baseline'], 4)} | {_fmt(row['wall_seconds'], 0)} s |"
         )
     lines += ["", "## Per test source", "",
-              "| variant | test source | runs | accuracy | MCC | sensitivity | specificity | "
-              "p (MCC) vs baseline |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| variant | test source | runs | " + " | ".join(label for _, label in METRICS)
+              + " | p (MCC) vs baseline |",
+              "|---|---|---|" + "---|" * (len(METRICS) + 1)]
     for _, row in table[table["test_source"] != "mean"].iterrows():
         lines.append(
             f"| {row['variant']} | {row['test_source']} | {row['runs']} | "
