@@ -332,6 +332,11 @@ class ImageCache:
             key: functools.partial(load_tiles, path, size, tile_px, stride_px)
             for key, path in zip(keys, paths)
         }
+        return self._stacked(keys, jobs, size, stain)
+
+    def _stacked(self, keys, jobs, size: int, stain) -> tuple[np.ndarray, np.ndarray]:
+        """Several arrays per image (tiles, cell crops) decoded once, stain-normalised when
+        asked, concatenated in row order with the row position each belongs to."""
         self._ensure_decoded(jobs)
         if stain is not None:
             keys = self._stain_keys(keys, stain)
@@ -383,14 +388,7 @@ class ImageCache:
             key: functools.partial(load_cells, path, size, scale=scale, max_cells=max_cells)
             for key, path in zip(keys, paths)
         }
-        self._ensure_decoded(jobs)
-        if stain is not None:
-            keys = self._stain_keys(keys, stain)
-        stacks = [self._memory[key] for key in keys]
-        if not stacks:
-            return np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64)
-        owner = np.repeat(np.arange(len(stacks)), [len(s) for s in stacks])
-        return np.concatenate(stacks), owner
+        return self._stacked(keys, jobs, size, stain)
 
     def fold_images(
         self,
