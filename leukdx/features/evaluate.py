@@ -182,6 +182,7 @@ class FeatureTrainer:
         seed: int,
         test_records: pd.DataFrame,
     ) -> FoldOutput:
+        check_extractor_for_fold(cfg, test_records)
         fs = self.feature_set(cfg)
         row_of = {sha: i for i, sha in enumerate(self.records(cfg)["sha256"].astype(str))}
         train_rows = [row_of[sha] for sha in train_records["sha256"].astype(str)]
@@ -201,6 +202,33 @@ class FeatureTrainer:
             probabilities = positive_probability(classifier, x_test)
             infer_ms = (time.perf_counter() - start) * 1000.0 / max(len(x_test), 1)
         return FoldOutput(probabilities, train_seconds, infer_ms)
+
+
+def check_extractor_for_fold(cfg: Config, test_records: pd.DataFrame) -> None:
+    """Refuse a fold whose test source the ``features.model`` run was trained on.
+
+    Features of a network fine-tuned on a source (or on one linked to it, e.g. ALL-IDB1 and
+    ALL-IDB2) measure memory there, not generalisation, so no classifier is fitted on them.
+
+    Args:
+        cfg: the fold's configuration (``features.model``, ``evaluate.linked_sources``).
+        test_records: the fold's test records (their ``source`` column).
+
+    Raises:
+        LeakageError: one line naming the run, the source and what to do.
+    """
+    if not cfg.features.model or "source" not in test_records.columns:
+        return
+    from leukdx.errors import LeakageError
+    from leukdx.features.analysis import extractor_leak
+    from leukdx.features.extract import run_training_sources
+
+    trained_on = run_training_sources(cfg.features.model)
+    for source in sorted(set(test_records["source"].astype(str))):
+        reason = extractor_leak(trained_on, source, cfg.evaluate.linked_sources,
+                                f"features.model {cfg.features.model}")
+        if reason is not None:
+            raise LeakageError(f"Fold testing on '{source}' {reason}.")
 
 
 # ------------------------------------------------------------------------------ tables

@@ -240,3 +240,23 @@ def test_small_real_loey_run_gives_table1_and_tsne_then_resumes(
         again = run_feature_evaluation(replace(cfg, {"features.tsne": False}), out,
                                        progress=False)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), folds.reset_index(drop=True))
+
+
+def test_a_fold_whose_test_source_the_extractor_saw_is_refused(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from leukdx.config import config_from_dict
+    from leukdx.errors import LeakageError
+    from leukdx.features.evaluate import check_extractor_for_fold
+
+    run = tmp_path / "runs" / "mdft"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"data": {"sources": ["all_idb1", "bccd"]}}))
+    cfg = config_from_dict({"task": "features", "features": {"model": str(run)},
+                            "evaluate": {"linked_sources": [["all_idb1", "all_idb2"]]}})
+    for test_source in ("all_idb1", "all_idb2"):  # trained on it, or on a linked source
+        with pytest.raises(LeakageError, match=f"'{test_source}'.*one extractor per test source"):
+            check_extractor_for_fold(cfg, pd.DataFrame({"source": [test_source]}))
+    check_extractor_for_fold(cfg, pd.DataFrame({"source": ["taleqani_all"]}))  # never seen
