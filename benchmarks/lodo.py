@@ -61,8 +61,10 @@ VARIANTS: tuple[str, ...] = (
     "lodo_cpu_tta",
     "lodo_cpu_simclr",
     "lodo_cpu_calibrated",
+    "lodo_cpu_adabn",
     "lodo_generalise_uncalibrated",
     "lodo_generalise",
+    "lodo_generalise_adabn",
 )
 METRICS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"), ("mcc", "MCC"), ("recall", "sensitivity"),

@@ -338,6 +338,9 @@ class EvaluateConfig:
         plots: write PNG plots.
         tta: test-time augmentation: average P(leukaemia) over the first ``tta`` of the 8
             flips/rotations by 90 degrees (:mod:`leukdx.tta`); ``1`` predicts plainly.
+        adapt_bn: ``test_source``: before scoring a test source, set every BatchNorm layer's
+            statistics to those of that source's images (AdaBN, label-free;
+            :mod:`leukdx.models.adabn`); ``none`` keeps the training statistics.
         executor: where folds train: ``local`` (one after another in this process) or
             ``ray`` (one Ray task per fold, side by side; :mod:`leukdx.evaluation.executors`).
         ray: settings of ``executor: ray`` (:class:`RayConfig`).
@@ -355,6 +358,7 @@ class EvaluateConfig:
     save_predictions: bool = True
     plots: bool = True
     tta: int = 1
+    adapt_bn: str = "none"
     executor: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -461,6 +465,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.calibrate": ("none", "unseen_source"),
     "evaluate.protocol": ("lodo", "kfold", "holdout", "external"),
     "evaluate.executor": ("local", "ray"),
+    "evaluate.adapt_bn": ("none", "test_source"),
 }
 
 

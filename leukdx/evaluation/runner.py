@@ -432,11 +432,8 @@ class FineTuneTrainer:
             )
             train_seconds = time.perf_counter() - start
             extra.update(best_validation(getattr(history, "history", None) or {}))
-            if cfg.evaluate.tta > 1:
-                probabilities, infer_ms = self._predict_tta(model, test_images,
-                                                            cfg.evaluate.tta)
-            else:
-                probabilities, infer_ms = predict_timed(model, test_images)
+            probabilities, infer_ms = self._score_sources(model, test_images, cfg,
+                                                          test_records)
             if calibration is not None:
                 extra["threshold"] = self._unseen_threshold(model, calibration_images, cfg)
             # what Keras resolved (``auto`` becomes a bool once the model is compiled)
@@ -449,15 +446,52 @@ class FineTuneTrainer:
 
     def _unseen_threshold(self, model, images: np.ndarray, cfg: Config) -> float:
         """The ``train.calibration_specificity`` quantile of P(leukaemia) over the images of
-        the withheld healthy-only source, scored exactly as the test images are."""
+        the withheld healthy-only source, scored exactly as the test images are (with its
+        own BatchNorm statistics under ``evaluate.adapt_bn``)."""
+        scores, _ = self._score_sources(model, images, cfg)
+        return float(np.quantile(np.asarray(scores, dtype=np.float64),
+                                 cfg.train.calibration_specificity))
+
+    def _score(self, model, images: np.ndarray, cfg: Config) -> tuple[np.ndarray, float]:
+        """P(leukaemia) of ``images`` (averaged over ``evaluate.tta`` views) and ms/image."""
         from leukdx.train import predict_timed
 
         if cfg.evaluate.tta > 1:
-            scores, _ = self._predict_tta(model, images, cfg.evaluate.tta)
+            return self._predict_tta(model, images, cfg.evaluate.tta)
+        return predict_timed(model, images)
+
+    def _score_sources(self, model, images: np.ndarray, cfg: Config,
+                       records: pd.DataFrame | None = None) -> tuple[np.ndarray, float]:
+        """:meth:`_score`, each source with its own BatchNorm statistics when
+        ``evaluate.adapt_bn`` is ``test_source``.
+
+        ``records`` (aligned with ``images``) tells the sources apart; without them, or when
+        the inputs are tiles or cell crops (more inputs than records), the images are
+        adapted to as one source.
+        """
+        if cfg.evaluate.adapt_bn != "test_source" or len(images) < 2:
+            return self._score(model, images, cfg)
+        from leukdx.models.adabn import adapted_batchnorm, batchnorm_layers
+
+        if not batchnorm_layers(model):
+            log.warning("evaluate.adapt_bn: test_source has nothing to adapt: the model has no "
+                        "BatchNorm layer (model.norm: %s).", cfg.model.norm)
+            return self._score(model, images, cfg)
+        images = np.asarray(images)
+        if records is not None and len(records) == len(images) and "source" in records:
+            groups = [np.flatnonzero((records["source"] == source).to_numpy())
+                      for source in pd.unique(records["source"])]
         else:
-            scores, _ = predict_timed(model, images)
-        return float(np.quantile(np.asarray(scores, dtype=np.float64),
-                                 cfg.train.calibration_specificity))
+            groups = [np.arange(len(images))]
+        probabilities = np.zeros(len(images), dtype=np.float64)
+        seconds = 0.0
+        for rows in groups:
+            start = time.perf_counter()
+            with adapted_batchnorm(model, images[rows]):
+                scores, _ = self._score(model, images[rows], cfg)
+            seconds += time.perf_counter() - start
+            probabilities[rows] = np.asarray(scores, dtype=np.float64).reshape(-1)
+        return probabilities, seconds * 1000.0 / len(images)
 
     @staticmethod
     def _pretrained(cfg: Config, train_records: pd.DataFrame,

@@ -387,3 +387,30 @@ def test_flip_rot90_gives_each_of_the_eight_exact_symmetries(batch):
         candidates += [rotated, rotated[:, ::-1]]
     hits = [next(i for i, c in enumerate(candidates) if np.array_equal(o, c)) for o in out]
     assert set(hits) == set(range(8))
+
+
+@pytest.mark.parametrize("height, width", [(48, 48), (40, 56)])
+def test_fused_reflect_warp_equals_tensorflows_projective_transform(height, width):
+    """The XLA warp behind ``fill_mode="reflect"`` (bilinear) samples exactly as
+    ``ImageProjectiveTransformV3``, also far outside the image (several reflections)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(height + width)
+    images = rng.uniform(0, 255, (8, height, width, 3)).astype(np.float32)
+    n = len(images)
+    transforms = np.array(idg_affine_matrices(
+        height, width,
+        theta=rng.uniform(-180, 180, n), tx=rng.uniform(-90, 90, n),
+        ty=rng.uniform(-90, 90, n), shear=rng.uniform(-30, 30, n),
+        zx=rng.uniform(0.5, 3.5, n), zy=rng.uniform(0.5, 3.5, n),
+        flip_horizontal=rng.uniform(size=n) < 0.5,
+    ))
+    transforms[0, 6:] = [1e-3, -2e-3]  # a projective (non-affine) map as well
+    expected = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT",
+    ).numpy()
+    ours = np.asarray(apply_affine(images, transforms, "reflect"))
+    np.testing.assert_allclose(ours, np.clip(expected, 0, 255), atol=0.05)
+    nearest = np.asarray(apply_affine(images, transforms, "reflect", interpolation="nearest"))
+    assert np.abs(nearest - ours).max() > 1.0  # other modes keep TensorFlow's kernel

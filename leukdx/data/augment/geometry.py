@@ -227,16 +227,70 @@ def affine_matrices(
     )
 
 
+def _reflect_coordinates(coord, size):
+    """Map sample coordinates into ``[0, size - 1]`` the way TensorFlow's
+    ``ImageProjectiveTransformV3`` does for ``fill_mode="reflect"`` (``d c b a | a b c d |
+    d c b a``, the edge pixel repeated)."""
+    n = tf.cast(size, coord.dtype)
+    period = 2.0 * n
+    below = tf.where(coord < -period,
+                     period * tf.cast(tf.cast(-coord / period, tf.int32), coord.dtype) + coord,
+                     coord)
+    below = tf.where(below < -n, below + period, -below - 1.0)
+    above = coord - period * tf.cast(tf.cast(coord / period, tf.int32), coord.dtype)
+    above = tf.where(above >= n, period - above - 1.0, above)
+    mapped = tf.where(coord < 0.0, below, tf.where(coord > n - 1.0, above, coord))
+    return tf.clip_by_value(mapped, 0.0, n - 1.0)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _warp_bilinear_reflect(images, transforms):
+    """Bilinear projective warp with reflect fill as one XLA-fused loop.
+
+    The same sampling as ``ImageProjectiveTransformV3`` (bilinear, ``reflect``; equal up to
+    float rounding, see the tests), written as gathers so XLA fuses the coordinate maths, the
+    four reads and the blend: 3-4x faster on a CPU at 64-224 px, which is what keeps the
+    augmentation off the critical path when a small network trains on two cores (the
+    ``input_bound`` benchmark).
+    """
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32),
+                             tf.range(width, dtype=tf.float32), indexing="ij")
+    t = [transforms[:, i, None, None] for i in range(8)]
+    k = t[6] * cols + t[7] * rows + 1.0
+    x = _reflect_coordinates((t[0] * cols + t[1] * rows + t[2]) / k, width)
+    y = _reflect_coordinates((t[3] * cols + t[4] * rows + t[5]) / k, height)
+    x0, y0 = tf.floor(x), tf.floor(y)
+    wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    # at the last row/column the far neighbour has weight 0: clamp instead of reading past it
+    x1, y1 = tf.minimum(x0 + 1, width - 1), tf.minimum(y0 + 1, height - 1)
+    flat = tf.reshape(images, (-1, shape[3]))
+    base = (tf.range(batch) * height * width)[:, None, None]
+
+    def read(yy, xx):
+        return tf.gather(flat, base + yy * width + xx)
+
+    top = read(y0, x0) * (1.0 - wx) + read(y0, x1) * wx
+    bottom = read(y1, x0) * (1.0 - wx) + read(y1, x1) * wx
+    return top * (1.0 - wy) + bottom * wy
+
+
 def apply_affine(images, transforms, fill_mode="reflect", fill_value=0.0, interpolation="bilinear"):
     """Resample float32 ``(B, H, W, 3)`` images with ``(B, 8)`` output→input maps, once."""
-    out = ops.image.affine_transform(
-        images,
-        transforms,
-        interpolation=interpolation,
-        fill_mode=fill_mode,
-        fill_value=fill_value,
-        data_format="channels_last",
-    )
+    if fill_mode == "reflect" and interpolation == "bilinear":
+        out = _warp_bilinear_reflect(ops.cast(images, "float32"),
+                                     ops.cast(transforms, "float32"))
+    else:
+        out = ops.image.affine_transform(
+            images,
+            transforms,
+            interpolation=interpolation,
+            fill_mode=fill_mode,
+            fill_value=fill_value,
+            data_format="channels_last",
+        )
     # Interpolation is a convex combination, but rounding can overshoot by an ulp.
     return ops.clip(out, 0.0, 255.0)
 
