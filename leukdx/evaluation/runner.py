@@ -391,7 +391,6 @@ class FineTuneTrainer:
             distribution_strategy,
             fit_model,
             make_training_datasets,
-            predict_timed,
         )
 
         train_records = train_records.reset_index(drop=True)
