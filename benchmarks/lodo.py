@@ -62,9 +62,11 @@ VARIANTS: tuple[str, ...] = (
     "lodo_cpu_simclr",
     "lodo_cpu_calibrated",
     "lodo_cpu_adabn",
+    "lodo_cpu_two_class",
     "lodo_generalise_uncalibrated",
     "lodo_generalise",
     "lodo_generalise_adabn",
+    "lodo_generalise_pretrained",
 )
 METRICS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"), ("mcc", "MCC"), ("recall", "sensitivity"),

@@ -272,6 +272,12 @@ class TrainConfig:
             healthy at that specificity. Probabilities shrink on unseen sources, so a fixed
             0.5 calls every image of a new lab healthy even when the ranking is right.
         calibration_specificity: the specificity the ``unseen_source`` threshold aims at.
+        label_sources: which of an evaluation fold's training sources the classifier is
+            fitted on: ``all``, or ``two_class``: only sources that hold both classes, so
+            that no source's look alone predicts the label (with healthy-only sources in
+            training, "unlike the one leukaemia source" is a shortcut to "healthy"). The
+            single-class sources still serve ``pretrain.per_fold`` (as unlabelled images)
+            and ``calibrate: unseen_source``.
         tensorboard: write TensorBoard logs in the run folder.
         verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
     """
@@ -293,6 +299,7 @@ class TrainConfig:
     threshold: float = 0.5
     calibrate: str = "none"
     calibration_specificity: float = 0.95
+    label_sources: str = "all"
     tensorboard: bool = True
     verbose: int = 1
 
@@ -463,6 +470,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.distribution": ("auto", "none", "mirrored", "multi_worker"),
     "train.class_weight": ("none", "balanced"),
     "train.calibrate": ("none", "unseen_source"),
+    "train.label_sources": ("all", "two_class"),
     "evaluate.protocol": ("lodo", "kfold", "holdout", "external"),
     "evaluate.executor": ("local", "ray"),
     "evaluate.adapt_bn": ("none", "test_source"),

@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 
 from leukdx.config import Config, ConfigError, config_to_dict, records_key, replace
-from leukdx.errors import RunFolderError
+from leukdx.errors import DataError, RunFolderError
 from leukdx.evaluation.ledger import (
     FOLDS_FILE,
     PREDICTIONS_DIR,
@@ -409,6 +409,11 @@ class FineTuneTrainer:
                 extra["calibration_source"] = calibration
         if cfg.pretrain.per_fold:
             cfg, extra["pretrain_seconds"] = self._pretrained(cfg, train_records, train_images)
+        if cfg.train.label_sources == "two_class":
+            # after pretraining: the single-class sources were its unlabelled images
+            keep = two_class_sources_mask(train_records)
+            train_records = train_records[keep].reset_index(drop=True)
+            train_images = train_images[keep]
         keras.utils.set_random_seed(int(seed))
         fit_pos, val_pos = self._validation(cfg, train_records, seed)
         require_two_classes(train_records.iloc[fit_pos], "the fold's training part")
@@ -518,6 +523,28 @@ class FineTuneTrainer:
         start = time.perf_counter()
         probabilities = predict_proba_tta(model, images, n, INFERENCE_BATCH_SIZE)
         return probabilities, (time.perf_counter() - start) * 1000.0 / len(images)
+
+
+def two_class_sources_mask(train_records: pd.DataFrame) -> np.ndarray:
+    """Rows of the sources that hold both classes (``train.label_sources: two_class``).
+
+    Raises:
+        DataError: no training source holds both classes.
+
+    Example:
+        >>> recs = pd.DataFrame({"source": ["a", "a", "h"], "label": [0, 1, 0]})
+        >>> two_class_sources_mask(recs).tolist()
+        [True, True, False]
+    """
+    classes = train_records.groupby("source")["label"].nunique()
+    both = classes.index[classes >= 2]
+    if len(both) == 0:
+        raise DataError(
+            "train.label_sources: two_class needs a training source with both classes; this "
+            f"fold trains on {', '.join(map(str, classes.index))}, each with one class. Use "
+            "train.label_sources: all, or add a two-class source."
+        )
+    return train_records["source"].isin(both).to_numpy()
 
 
 def calibration_source(train_records: pd.DataFrame, seed: int) -> str | None:

@@ -186,3 +186,48 @@ def test_predict_proba_pads_the_last_batch_and_keeps_n_probabilities():
     one_by_one = [real_predict(images[i:i + 1].astype(np.float32), verbose=0)[0, 0]
                   for i in range(10)]
     np.testing.assert_allclose(probabilities, one_by_one, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_class_label_sources_fit_on_two_class_sources_but_pretrain_on_all(
+        shared_data, tmp_path, monkeypatch):
+    import leukdx.pretrain
+    import leukdx.train
+
+    seen = {"pretrain_sources": [], "fit_rows": []}
+    real_pretrain = leukdx.pretrain.pretrain_for_fold
+    real_datasets = leukdx.train.make_training_datasets
+
+    def pretrain_spy(cfg, train_records, images, cache_dir=None, *, progress=True):
+        seen["pretrain_sources"].append(set(train_records["source"]))
+        return real_pretrain(cfg, train_records, images, cache_dir, progress=progress)
+
+    def datasets_spy(cfg, fit_images, fit_labels, val_images, val_labels, seed):
+        seen["fit_rows"].append(len(fit_images) + len(val_images))
+        return real_datasets(cfg, fit_images, fit_labels, val_images, val_labels, seed=seed)
+
+    monkeypatch.setattr(leukdx.pretrain, "pretrain_for_fold", pretrain_spy)
+    monkeypatch.setattr(leukdx.train, "make_training_datasets", datasets_spy)
+    cfg = _config(shared_data, tmp_path, ["all_idb2", "taleqani_all", "jtsc", "pbc"],
+                  "all_idb2", data={"max_per_class": 4},
+                  train={"label_sources": "two_class"},
+                  pretrain={"per_fold": True, "epochs": 1, "batch_size": 8})
+    folds = run_evaluation(cfg, tmp_path / "r", trainer=FineTuneTrainer(), progress=False)
+
+    # the unlabelled pretraining saw every training source, the healthy-only ones included
+    assert seen["pretrain_sources"] == [{"taleqani_all", "jtsc", "pbc"}]
+    # the classifier saw taleqani_all's 4 + 4 images only (fit + validation)
+    assert seen["fit_rows"] == [8]
+    row = folds.iloc[0]
+    assert int(row["n_train"]) + int(row["n_val"]) == 8 and int(row["n_test"]) == 8
+
+
+def test_two_class_mask_keeps_two_class_sources_and_refuses_a_fold_without_one():
+    from leukdx.errors import DataError
+    from leukdx.evaluation.runner import two_class_sources_mask
+
+    recs = pd.DataFrame({"source": ["a", "h", "a", "b", "b", "h"],
+                         "label": [0, 0, 1, 1, 0, 0]})
+    assert two_class_sources_mask(recs).tolist() == [True, False, True, True, True, False]
+    with pytest.raises(DataError, match="train.label_sources: two_class"):
+        two_class_sources_mask(recs[recs.source == "h"])
