@@ -220,7 +220,9 @@ class Results:
             f"leukdx {m['leukdx']}",
             f"- Platform: {m['platform']}",
             f"- Passes per measurement: {self.settings.passes} ({self.settings.heavy_passes} for "
-            "the VGG16 training and the XLA measurements); median, with min-max over passes",
+            "the VGG16 training and the XLA measurements, "
+            f"{self.settings.input_bound_passes} for the small input_bound presets); median, "
+            "with min-max over passes",
             "",
         ]
         for name in BENCHMARKS:
