@@ -67,6 +67,7 @@ VARIANTS: tuple[str, ...] = (
     "lodo_generalise",
     "lodo_generalise_adabn",
     "lodo_generalise_pretrained",
+    "lodo_generalise_96px",
 )
 METRICS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"), ("mcc", "MCC"), ("recall", "sensitivity"),
