@@ -358,13 +358,9 @@ def as_float32(model: keras.Model) -> keras.Model:
     """
     import keras
 
-    def all_layers(m):
-        for layer in m.layers:
-            yield layer
-            if isinstance(layer, keras.Model):
-                yield from all_layers(layer)
+    from leukdx.models.layers import nested_layers
 
-    if all(_policy_name(layer) == "float32" for layer in all_layers(model)):
+    if all(_policy_name(layer) == "float32" for layer in nested_layers(model)):
         return model
 
     def float32_layer(layer):

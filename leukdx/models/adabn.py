@@ -28,6 +28,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from leukdx.models.layers import nested_layers
+
 __all__ = ["adapt_batchnorm", "adapted_batchnorm", "batchnorm_layers"]
 
 ADAPT_BATCH_SIZE = 64
@@ -35,8 +37,8 @@ ADAPT_BATCH_SIZE = 64
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """Every ``BatchNormalization`` layer of ``model``, nested models included."""
-    layers = model._flatten_layers(include_self=False, recursive=True)
-    return [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    return [layer for layer in nested_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def _moment_recorder(layer, sums: dict):

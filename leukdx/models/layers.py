@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import keras
 from keras import ops
@@ -33,6 +33,7 @@ __all__ = [
     "InferenceBatchNormalization",
     "LocalResponseNormalization",
     "Preprocess",
+    "nested_layers",
     "use_inference_batchnorm",
 ]
 
@@ -197,3 +198,12 @@ def use_inference_batchnorm(layers: Iterable[keras.layers.Layer]) -> int:
             object.__setattr__(layer, "__class__", InferenceBatchNormalization)
             switched += 1
     return switched
+
+
+def nested_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model``, depth first, the layers of nested models (a backbone inside a
+    task model) included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from nested_layers(layer)

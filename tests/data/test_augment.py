@@ -406,11 +406,19 @@ def test_fused_reflect_warp_equals_tensorflows_projective_transform(height, widt
         flip_horizontal=rng.uniform(size=n) < 0.5,
     ))
     transforms[0, 6:] = [1e-3, -2e-3]  # a projective (non-affine) map as well
-    expected = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT",
-    ).numpy()
-    ours = np.asarray(apply_affine(images, transforms, "reflect"))
-    np.testing.assert_allclose(ours, np.clip(expected, 0, 255), atol=0.05)
+    from leukdx.data.augment.geometry import _warp_bilinear_reflect
+
+    def kernel(interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=[height, width],
+            fill_value=0.0, interpolation=interpolation, fill_mode="REFLECT",
+        ).numpy()
+
+    fused = np.asarray(_warp_bilinear_reflect(images, transforms))
+    np.testing.assert_allclose(fused, kernel("BILINEAR"), atol=0.05)
+    # apply_affine takes the fused path for bilinear + reflect ...
+    np.testing.assert_array_equal(np.asarray(apply_affine(images, transforms, "reflect")),
+                                  np.clip(fused, 0, 255))
+    # ... and TensorFlow's kernel for the other modes
     nearest = np.asarray(apply_affine(images, transforms, "reflect", interpolation="nearest"))
-    assert np.abs(nearest - ours).max() > 1.0  # other modes keep TensorFlow's kernel
+    np.testing.assert_array_equal(nearest, np.clip(kernel("NEAREST"), 0, 255))
