@@ -32,6 +32,7 @@ from leukdx.errors import ConfigError
 from leukdx.io import atomic_write_text
 
 __all__ = [
+    "FEATURE_EXTRACTORS",
     "AugmentConfig",
     "Config",
     "ConfigError",
@@ -370,11 +371,18 @@ class EvaluateConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+#: ``features.extractor`` values: a network's activations, or measured nuclear morphology.
+FEATURE_EXTRACTORS: tuple[str, ...] = ("network", "morphology")
+
+
 @dataclass
 class FeaturesConfig:
     """Deep features + classic classifiers (Loey model 1) and feature-space analysis.
 
     Args:
+        extractor: ``network`` (the activations of a layer of a backbone or trained model) or
+            ``morphology`` (measured nuclear morphology, :mod:`leukdx.features.morphology`;
+            no network: ``layer``, ``model`` and ``model.*`` are not used).
         layer: layer whose activations are the features (``auto``: the backbone's
             feature layer, e.g. AlexNet fc7).
         model: a trained run folder or model file to extract from instead of a backbone.
@@ -385,6 +393,7 @@ class FeaturesConfig:
         tsne: write t-SNE plots.
     """
 
+    extractor: str = "network"
     layer: str = "auto"
     model: str | None = None
     classifiers: list[str] = field(
@@ -715,6 +724,16 @@ def validate_config(cfg: Config, *, check_weights: bool = False) -> Config:
             f"'features.classifiers' names {', '.join(unknown)}, which are not registered; "
             f"choose from {', '.join(list_classifiers())}."
         )
+    if cfg.features.extractor not in FEATURE_EXTRACTORS:
+        raise ConfigError(
+            f"'features.extractor' is '{cfg.features.extractor}'; choose from "
+            f"{', '.join(FEATURE_EXTRACTORS)}."
+        )
+    if cfg.features.extractor == "morphology" and cfg.features.model:
+        raise ConfigError(
+            "'features.extractor' is 'morphology', which uses no network, but "
+            f"'features.model' is '{cfg.features.model}'; unset one of them."
+        )
     grid = cfg.evaluate.grid
     variants = [cfg] + [
         replace(cfg, dict(zip(grid, values))) for values in itertools.product(*grid.values())
@@ -741,7 +760,9 @@ def validate_config(cfg: Config, *, check_weights: bool = False) -> Config:
                     f"model.backbone={spec.name}, which has {len(spec.blocks)} blocks "
                     f"({', '.join(spec.blocks)}); use 0 to {len(spec.blocks)}."
                 )
-        if check_weights and not (variant.task == "features" and variant.features.model):
+        uses_network = not (variant.task == "features" and (
+            variant.features.model or variant.features.extractor == "morphology"))
+        if check_weights and uses_network:
             resolve_weights(spec, m.weights)
     return cfg
 

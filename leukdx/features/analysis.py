@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE
 from sklearn.metrics import balanced_accuracy_score
@@ -95,6 +96,11 @@ class GlobalScaler(TransformerMixin, BaseEstimator):
         return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
 
 
+def _median_imputer() -> SimpleImputer:
+    """NaN -> the fitted rows' column median (all-NaN columns -> 0, kept)."""
+    return SimpleImputer(strategy="median", keep_empty_features=True)
+
+
 def _pca_size(n_features: int, n_samples: int, pca_components: int, pca_above: int) -> int:
     """Components to keep (0: no PCA). PCA cannot have more components than samples."""
     if pca_components <= 0 or n_features <= pca_above:
@@ -119,7 +125,9 @@ def feature_space_pipeline(
     Returns:
         An unfitted scikit-learn Pipeline.
     """
-    steps: list[tuple[str, Any]] = []
+    # a missing measurement (NaN, e.g. a morphology feature with nothing to measure) takes
+    # the training rows' median; without NaN the imputer changes nothing
+    steps: list[tuple[str, Any]] = [("impute", _median_imputer())]
     components = _pca_size(n_features, n_samples, pca_components, pca_above)
     if components:
         steps.append(("pca", PCA(n_components=components, random_state=seed)))
@@ -401,7 +409,8 @@ def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
     Returns:
         (N, 2) float64 embedding.
     """
-    X = GlobalScaler().fit_transform(np.asarray(features, dtype=np.float64))
+    X = _median_imputer().fit_transform(np.asarray(features, dtype=np.float64))
+    X = GlobalScaler().fit_transform(X)
     n = len(X)
     components = min(TSNE_PCA_COMPONENTS, X.shape[1], n)
     if X.shape[1] > components:
@@ -507,7 +516,7 @@ def _linear_cv(X: np.ndarray, target: np.ndarray, groups: np.ndarray, folds: int
         # a group-constrained fold may miss a rare class: fine for an accuracy estimate
         warnings.simplefilter("ignore", UserWarning)
         for train, test in cv.split(X, target, groups):
-            steps: list[tuple[str, Any]] = []
+            steps: list[tuple[str, Any]] = [("impute", _median_imputer())]
             components = _pca_size(X.shape[1], len(train), pca_components, pca_above)
             if components:
                 steps.append(("pca", PCA(n_components=components, random_state=seed)))

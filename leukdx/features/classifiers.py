@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -42,7 +43,9 @@ from sklearn.tree import DecisionTreeClassifier
 __all__ = [
     "CLASSIFIER_LABELS",
     "LOEY_CLASSIFIERS",
+    "allows_missing",
     "build_classifier",
+    "fill_missing",
     "list_classifiers",
     "positive_probability",
     "register_classifier",
@@ -60,6 +63,7 @@ CLASSIFIER_LABELS: dict[str, str] = {
     "svm_cubic": "SVM-Cubic",
     "knn1": "K-NN",
     "logreg": "LogReg",
+    "hgb": "GBDT (balanced)",
 }
 
 _REGISTRY: dict[str, Callable[[int], BaseEstimator]] = {}
@@ -189,3 +193,53 @@ def _logreg(seed: int) -> Pipeline:
     return make_pipeline(
         StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
     )
+
+
+@register_classifier("hgb")
+def _hgb(seed: int) -> BaseEstimator:
+    # Gradient-boosted shallow trees for a few measured features (leukdx.features.morphology):
+    # no scaling needed, NaN (an unmeasurable feature) is routed by the trees, and balanced
+    # class weights because LODO training sets are mostly healthy (four healthy-only sources).
+    return HistGradientBoostingClassifier(
+        max_depth=3, learning_rate=0.05, max_iter=200, class_weight="balanced",
+        random_state=seed,
+    )
+
+
+def allows_missing(estimator: BaseEstimator) -> bool:
+    """True when ``estimator`` fits and predicts on features with NaN (scikit-learn's
+    ``allow_nan`` tag, e.g. :class:`~sklearn.ensemble.HistGradientBoostingClassifier`)."""
+    from sklearn.utils import get_tags
+
+    return bool(get_tags(estimator).input_tags.allow_nan)
+
+
+def fill_missing(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Replace NaN by the column medians of ``train`` (0 for a column with no value in it).
+
+    The medians come from the training rows only, so test rows leak nothing into the fit.
+
+    Args:
+        train: (N, D) training features.
+        *others: further (M, D) arrays (test features) filled with the same medians.
+
+    Returns:
+        ``(train, *others)`` as float64 copies without NaN.
+
+    Example:
+        >>> fill_missing(np.array([[1.0], [np.nan], [3.0]]), np.array([[np.nan]]))[1].tolist()
+        [[2.0]]
+    """
+    train = np.asarray(train, dtype=np.float64)
+    present = ~np.isnan(train)
+    medians = np.zeros(train.shape[1])
+    for column in range(train.shape[1]):
+        if present[:, column].any():
+            medians[column] = float(np.median(train[present[:, column], column]))
+    filled = []
+    for array in (train, *others):
+        array = np.array(array, dtype=np.float64, copy=True)
+        rows, cols = np.nonzero(np.isnan(array))
+        array[rows, cols] = medians[cols]
+        filled.append(array)
+    return tuple(filled)

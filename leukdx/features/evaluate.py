@@ -52,6 +52,7 @@ from leukdx.evaluation.ledger import (
 )
 from leukdx.evaluation.runner import (
     FoldOutput,
+    calibration_source,
     expand_grid,
     prepare_results_folder,
     run_evaluation,
@@ -64,7 +65,9 @@ from leukdx.features.analysis import (
 )
 from leukdx.features.classifiers import (
     CLASSIFIER_LABELS,
+    allows_missing,
     build_classifier,
+    fill_missing,
     list_classifiers,
     positive_probability,
 )
@@ -84,7 +87,8 @@ TABLE1_METRICS = ("precision", "recall", "accuracy", "specificity", "mcc", "roc_
 def _features_key(cfg: Config) -> str:
     """Everything the features of a grid point depend on (not the classifier)."""
     return records_key(cfg) + json.dumps({
-        "features": [cfg.features.model, cfg.features.layer, cfg.features.cache_dir],
+        "features": [cfg.features.extractor, cfg.features.model, cfg.features.layer,
+                     cfg.features.cache_dir],
         "model": [cfg.model.backbone, cfg.model.weights],
         "input": [cfg.data.image_size, cfg.data.aspect],
     }, sort_keys=True, default=str)
@@ -95,7 +99,10 @@ class FeatureTrainer:
     """Fold trainer of ``task: features``: fit one classic classifier on cached deep features.
 
     The evaluation runner hands a trainer the fold's training records and the decoded
-    training and test images. Features are extracted once per feature set for the whole
+    training and test images. With ``train.calibrate: unseen_source`` one healthy-only
+    training source is withheld from the fit and the fold's threshold is the
+    ``train.calibration_specificity`` quantile of its scores, exactly as for fine-tuning.
+    Features are extracted once per feature set for the whole
     collection (and cached on disk, :func:`~leukdx.features.extract.extract_features`); a
     fold then only looks its rows up by ``sha256`` (test records come without labels).
 
@@ -185,11 +192,28 @@ class FeatureTrainer:
         check_extractor_for_fold(cfg, test_records)
         fs = self.feature_set(cfg)
         row_of = {sha: i for i, sha in enumerate(self.records(cfg)["sha256"].astype(str))}
-        train_rows = [row_of[sha] for sha in train_records["sha256"].astype(str)]
-        x_train = fs.features[train_rows]
-        y_train = train_records["label"].to_numpy().astype(int)
+        train_records = train_records.reset_index(drop=True)
+        extra: dict[str, Any] = {}
+        held_out = np.zeros(len(train_records), bool)
+        if cfg.train.calibrate == "unseen_source":
+            # the same rule as fine-tuning: withhold one healthy-only training source and
+            # set the threshold on it (leukdx.evaluation.runner.calibration_source)
+            calibration = calibration_source(train_records, seed)
+            if calibration is None:
+                log.warning("train.calibrate: unseen_source needs a healthy-only training "
+                            "source besides the two-class ones; using train.threshold.")
+            else:
+                held_out = (train_records["source"] == calibration).to_numpy()
+                extra["calibration_source"] = calibration
+        rows = np.asarray([row_of[sha] for sha in train_records["sha256"].astype(str)], int)
+        x_train = fs.features[rows[~held_out]]
+        x_calibration = fs.features[rows[held_out]]
+        y_train = train_records["label"].to_numpy().astype(int)[~held_out]
         x_test = fs.features[[row_of[sha] for sha in test_records["sha256"].astype(str)]]
         classifier = build_classifier(self.classifier_name(cfg), seed=int(seed) % (2**32))
+        if not allows_missing(classifier) and any(
+                np.isnan(x).any() for x in (x_train, x_test, x_calibration)):
+            x_train, x_test, x_calibration = fill_missing(x_train, x_test, x_calibration)
         with warnings.catch_warnings():
             # collinear/constant features (e.g. dead ReLUs of a random network) make LDA and
             # the solvers warn; the fold result is still what the method gives
@@ -201,7 +225,12 @@ class FeatureTrainer:
             start = time.perf_counter()
             probabilities = positive_probability(classifier, x_test)
             infer_ms = (time.perf_counter() - start) * 1000.0 / max(len(x_test), 1)
-        return FoldOutput(probabilities, train_seconds, infer_ms)
+            if len(x_calibration):
+                scores = positive_probability(classifier, x_calibration)
+                extra["threshold"] = float(np.quantile(
+                    np.asarray(scores, np.float64), cfg.train.calibration_specificity))
+        return FoldOutput(probabilities, train_seconds, infer_ms, n_fit=len(x_train),
+                          extra_columns=extra)
 
 
 def check_extractor_for_fold(cfg: Config, test_records: pd.DataFrame) -> None:

@@ -84,8 +84,8 @@ class FeatureSource:
     """Which network, layer and input the features come from (everything the cache key needs).
 
     Attributes:
-        kind: ``backbone`` (a registered backbone with its original top) or ``model`` (a
-            trained model file).
+        kind: ``backbone`` (a registered backbone with its original top), ``model`` (a
+            trained model file) or ``morphology`` (measured nuclear morphology, no network).
         name: short name for tables and file names: the backbone name, or the run folder /
             model file name.
         backbone: registered backbone name (of the trained run when known, else ``""``).
@@ -182,6 +182,15 @@ def feature_source(cfg: Config) -> FeatureSource:
         FileNotFoundError: ``features.model`` or a ``model.weights`` file does not exist.
     """
     layer = cfg.features.layer or "auto"
+    if cfg.features.extractor == "morphology":
+        from leukdx.features.morphology import FEATURE_VERSION
+
+        # no network: the measurement code's version is the fingerprint; images are read
+        # from their files at full resolution (image_size and aspect do not apply)
+        return FeatureSource(
+            kind="morphology", name="morphology", backbone="", layer="nucleus", image_size=0,
+            aspect="original", fingerprint=f"morphology:v{FEATURE_VERSION}",
+        )
     if cfg.features.model:
         from leukdx.models.io import CONFIG_FILE
 
@@ -453,17 +462,24 @@ def extract_features(
         log.info("Features %s:%s read from %s", source.name, layer, path)
         return FeatureSet(features, layer, source, key, path, from_cache=True)
 
-    if image_cache is None:
-        from leukdx.data.pipeline import ImageCache
-
-        image_cache = ImageCache.from_config(cfg.data)
     # Distinct images only: duplicates (same sha256) share one row of the cache file.
     unique = records.drop_duplicates("sha256")
-    images = image_cache.get(unique, source.image_size, source.aspect)
-    extractor, layer = build_extractor(source, seed=cfg.seed)
-    log.info("Extracting %s:%s features of %d images at %d px", source.name, layer, len(unique),
-             source.image_size)
-    features = _forward(extractor, images, EXTRACT_BATCH_SIZE)
+    if source.kind == "morphology":
+        from leukdx.features.morphology import morphology_table
+
+        log.info("Measuring the nuclear morphology of %d images", len(unique))
+        layer = source.layer
+        features = morphology_table(unique["path"].astype(str).tolist())
+    else:
+        if image_cache is None:
+            from leukdx.data.pipeline import ImageCache
+
+            image_cache = ImageCache.from_config(cfg.data)
+        images = image_cache.get(unique, source.image_size, source.aspect)
+        extractor, layer = build_extractor(source, seed=cfg.seed)
+        log.info("Extracting %s:%s features of %d images at %d px", source.name, layer,
+                 len(unique), source.image_size)
+        features = _forward(extractor, images, EXTRACT_BATCH_SIZE)
     meta = {
         "layer": layer, "source": dataclasses.asdict(source) | {"model_path": str(source.model_path)},
         "key": key, "leukdx": __version__,

@@ -130,3 +130,25 @@ def test_probability_is_zero_when_trained_on_healthy_only():
     X, _ = _data(2)
     model = build_classifier("tree").fit(X, np.zeros(len(X), dtype=int))
     assert (positive_probability(model, X) == 0).all()
+
+
+def test_gradient_boosting_takes_missing_values_the_others_get_training_medians():
+    from leukdx.features.classifiers import allows_missing, fill_missing
+
+    assert allows_missing(build_classifier("hgb"))
+    assert not allows_missing(build_classifier("logreg"))
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(40), np.ones(40)]
+    X = np.c_[y + rng.normal(0, 0.3, 80), rng.normal(size=80)]
+    X[::7, 0] = np.nan
+    probs = positive_probability(build_classifier("hgb", seed=0).fit(X, y), X)
+    assert np.isfinite(probs).all() and ((probs > 0.5) == y).mean() > 0.9
+
+    train = np.array([[1.0, np.nan], [3.0, np.nan], [np.nan, np.nan]])
+    test = np.array([[np.nan, 5.0], [100.0, np.nan]])
+    filled_train, filled_test = fill_missing(train, test)
+    # medians of the training rows only (the test row's 100 does not move them); a column
+    # without any training value becomes 0
+    assert filled_train.tolist() == [[1.0, 0.0], [3.0, 0.0], [2.0, 0.0]]
+    assert filled_test.tolist() == [[2.0, 5.0], [100.0, 0.0]]
+    assert np.isnan(train).sum() == 4  # inputs are not modified

@@ -260,3 +260,62 @@ def test_a_fold_whose_test_source_the_extractor_saw_is_refused(tmp_path):
         with pytest.raises(LeakageError, match=f"'{test_source}'.*one extractor per test source"):
             check_extractor_for_fold(cfg, pd.DataFrame({"source": [test_source]}))
     check_extractor_for_fold(cfg, pd.DataFrame({"source": ["taleqani_all"]}))  # never seen
+
+
+def test_calibrated_feature_folds_set_the_threshold_on_a_withheld_healthy_source(
+    tiny_collection, tmp_path, monkeypatch
+):
+    """``train.calibrate: unseen_source`` with classic classifiers: one healthy-only training
+    source is kept out of the fit and the threshold is the 95 % quantile of its scores."""
+    rng = np.random.default_rng(1)
+    for name in ("only_healthy_1", "only_healthy_2"):
+        folder = tiny_collection / name / "healthy"
+        folder.mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"h{i}.png")
+
+    def noisy_label_features(cfg, records, *, image_cache=None, cache_dir=None):
+        labels = records["label"].to_numpy().astype(np.float32)
+        noise = np.random.default_rng(0).normal(scale=0.8, size=(len(records), 2))
+        source = FeatureSource(kind="backbone", name="toy", backbone="toy", layer="pool",
+                               image_size=cfg.data.image_size, aspect=cfg.data.aspect)
+        return FeatureSet(np.c_[labels + noise[:, 0], noise[:, 1]].astype(np.float32), "pool",
+                          source, "k", Path("unused.npz"))
+
+    monkeypatch.setattr(feature_evaluate, "extract_features", noisy_label_features)
+    cfg = _tiny_config(tiny_collection, tmp_path, **{
+        "features.classifiers": ["logreg"], "train.calibrate": "unseen_source",
+        "evaluate.test_sources": ["src_a"]})
+    trainer = FeatureTrainer()
+    records = trainer.records(cfg)
+    test = records[records["source"] == "src_a"]
+    train = records[records["source"] != "src_a"]
+    seen_fits = []
+    original = feature_evaluate.build_classifier
+
+    def recording(name, seed=0):
+        classifier = original(name, seed)
+        fit = classifier.fit
+        classifier.fit = lambda X, y: (seen_fits.append(len(X)), fit(X, y))[1]
+        return classifier
+
+    monkeypatch.setattr(feature_evaluate, "build_classifier", recording)
+    output = trainer.fit_predict(cfg, train, None, None, 3, test)
+    withheld = output.extra_columns["calibration_source"]
+    assert withheld in {"only_healthy_1", "only_healthy_2"}
+    n_withheld = int((train["source"] == withheld).sum())
+    assert seen_fits == [len(train) - n_withheld] and output.n_fit == len(train) - n_withheld
+    # the threshold is the 95 % quantile of the withheld source's scores under the same model
+    features = trainer.feature_set(cfg).features
+    rows = records.index[records["source"] == withheld]
+    model = original("logreg", 3).fit(
+        features[train.index[train["source"] != withheld]],
+        train.loc[train["source"] != withheld, "label"].to_numpy().astype(int))
+    expected = np.quantile(model.predict_proba(features[rows])[:, 1], 0.95)
+    assert output.extra_columns["threshold"] == pytest.approx(expected)
+    assert 0.0 < output.extra_columns["threshold"] < 1.0
+
+    plain = trainer.fit_predict(replace(cfg, {"train.calibrate": "none"}), train, None, None, 3,
+                                test)
+    assert "threshold" not in (plain.extra_columns or {}) and plain.n_fit == len(train)
