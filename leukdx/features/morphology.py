@@ -217,8 +217,14 @@ def morphology_features(rgb: np.ndarray, *, working_px: int | None = None) -> np
     """
     from skimage.morphology import disk, opening
 
-    from leukdx.data.cells import WORKING_PX, _mask_of, _stain_density, cell_boxes, find_nuclei
-    from leukdx.data.cells import reflect_crop
+    from leukdx.data.cells import (
+        WORKING_PX,
+        _mask_of,
+        _stain_density,
+        cell_boxes,
+        find_nuclei,
+        reflect_crop,
+    )
 
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
