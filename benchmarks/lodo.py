@@ -2,7 +2,9 @@
 
 Runs ``configs/lodo_cpu.yaml`` (the baseline) and each variant that changes one switch of it
 (``configs/lodo_cpu_<technique>.yaml``, then the combination ``configs/lodo_generalise.yaml``)
-through :func:`leukdx.evaluation.runner.run_evaluation`, each into
+through :func:`leukdx.evaluation.runner.run_evaluation`, and ``configs/lodo_morphology.yaml``
+(measured nuclear morphology + gradient-boosted trees, no network) through
+:func:`leukdx.features.evaluate.run_feature_evaluation`, each into
 ``benchmarks/_work/lodo/<variant>/``. A killed run resumes: folds already in a variant's ledger
 are skipped. Then it writes ``lodo.md`` and ``lodo.csv``: per variant and test source the
 accuracy, MCC, sensitivity and specificity as mean ± std over runs, their mean over the test
@@ -68,6 +70,7 @@ VARIANTS: tuple[str, ...] = (
     "lodo_generalise_adabn",
     "lodo_generalise_pretrained",
     "lodo_generalise_96px",
+    "lodo_morphology",
 )
 METRICS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"), ("mcc", "MCC"), ("recall", "sensitivity"),
@@ -140,12 +143,16 @@ def run_variant(name: str, overrides: dict[str, Any], work: Path, cache, force: 
     """Evaluate one variant into ``work/<name>``; returns its accumulated wall-clock seconds
     (over every invocation that trained folds of it)."""
     from leukdx.evaluation.runner import run_evaluation
+    from leukdx.features.evaluate import run_feature_evaluation
 
     cfg = variant_config(name, overrides)
     out = work / name
     log(f"{name}: evaluating into {out}")
     start = time.perf_counter()
-    run_evaluation(cfg, out, cache=cache, progress=True, force=force, print_summary=False)
+    if cfg.task == "features":  # measured features + a classic classifier (no network)
+        run_feature_evaluation(cfg, out, progress=True, force=force)
+    else:
+        run_evaluation(cfg, out, cache=cache, progress=True, force=force, print_summary=False)
     elapsed = time.perf_counter() - start
     wall_path = out / WALL_FILE
     previous = json.loads(wall_path.read_text()) if wall_path.is_file() else {"seconds": 0.0}

@@ -34,7 +34,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, shared_data):
     work = tmp_path_factory.mktemp("lodo")
-    args = ("--smoke", "--variants", "lodo_cpu_tta", "--data", str(shared_data),
+    args = ("--smoke", "--variants", "lodo_cpu_tta,lodo_morphology", "--data", str(shared_data),
             "--work", str(work))
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -46,7 +46,8 @@ def smoke(tmp_path_factory, shared_data):
 def test_rows_per_variant_and_source_match_the_ledgers(smoke):
     work, _ = smoke
     rows = _rows(work / "lodo.csv")
-    assert [r["variant"] for r in rows[:: len(SOURCES) + 1]] == ["lodo_cpu", "lodo_cpu_tta"]
+    assert [r["variant"] for r in rows[:: len(SOURCES) + 1]] == ["lodo_cpu", "lodo_cpu_tta",
+                                                                 "lodo_morphology"]
     for variant in ("lodo_cpu", "lodo_cpu_tta"):
         mine = {r["test_source"]: r for r in rows if r["variant"] == variant}
         assert set(mine) == SOURCES | {"mean"}
@@ -63,6 +64,17 @@ def test_rows_per_variant_and_source_match_the_ledgers(smoke):
         assert math.isfinite(float(mine["mean"]["val_loss_mean"]))
         assert float(mine["mean"]["val_loss_mean"]) == pytest.approx(folds["val_loss"].mean())
         assert float(mine["mean"]["wall_seconds"]) > 0
+    # the morphology variant's classifier folds go through the same ledger; it fits no
+    # network, so it has no validation epochs
+    morphology = {r["test_source"]: r for r in rows if r["variant"] == "lodo_morphology"}
+    assert set(morphology) == SOURCES | {"mean"}
+    folds = pd.read_csv(work / "lodo_morphology" / "folds.csv")
+    assert set(folds["strategy"]) == {"features:hgb"} and len(folds) == len(SOURCES)
+    for source in SOURCES:
+        fold = folds[folds["test_source"] == source].iloc[0]
+        assert float(morphology[source]["MCC_mean"]) == pytest.approx(fold["mcc"])
+    assert morphology["mean"]["val_loss_mean"] in ("", "nan")
+    assert (work / "lodo_morphology" / "feature_space.md").is_file()
     tta = {r["test_source"]: r for r in rows if r["variant"] == "lodo_cpu_tta"}
     assert tta["mean"]["p_mcc_vs_baseline"] != ""  # compared with the baseline
     assert all(r["p_mcc_vs_baseline"] in ("", "nan") for r in rows if r["variant"] == "lodo_cpu")
@@ -83,7 +95,8 @@ def test_markdown_has_machine_command_and_selection_rule(smoke):
 @pytest.mark.slow
 def test_a_second_invocation_resumes_without_training(smoke):
     work, args = smoke
-    before = {v: (work / v / "folds.csv").read_text() for v in ("lodo_cpu", "lodo_cpu_tta")}
+    before = {v: (work / v / "folds.csv").read_text()
+              for v in ("lodo_cpu", "lodo_cpu_tta", "lodo_morphology")}
     walls = {r["variant"]: r["wall_seconds"] for r in _rows(work / "lodo.csv")}
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -183,13 +183,14 @@ def feature_source(cfg: Config) -> FeatureSource:
     """
     layer = cfg.features.layer or "auto"
     if cfg.features.extractor == "morphology":
-        from leukdx.features.morphology import FEATURE_VERSION
+        from leukdx.features.morphology import measurement_fingerprint
 
-        # no network: the measurement code's version is the fingerprint; images are read
-        # from their files at full resolution (image_size and aspect do not apply)
+        # no network: the measuring code is the fingerprint, so an edit of it can never serve
+        # stale features; images are read from their files at full resolution (image_size and
+        # aspect do not apply)
         return FeatureSource(
             kind="morphology", name="morphology", backbone="", layer="nucleus", image_size=0,
-            aspect="original", fingerprint=f"morphology:v{FEATURE_VERSION}",
+            aspect="original", fingerprint=measurement_fingerprint(),
         )
     if cfg.features.model:
         from leukdx.models.io import CONFIG_FILE

@@ -61,18 +61,16 @@ from PIL import Image
 __all__ = [
     "CANONICAL_PX",
     "FEATURE_NAMES",
-    "FEATURE_VERSION",
     "MIN_RED_CELLS",
     "WINDOW_SCALE",
     "image_morphology",
+    "measurement_fingerprint",
     "morphology_table",
     "morphology_features",
     "nucleus_shape_and_chromatin",
     "red_cell_diameter",
 ]
 
-#: Version of the measurements; part of the feature cache key, so a change re-measures.
-FEATURE_VERSION = 1
 #: Names of the feature columns, in order.
 FEATURE_NAMES: tuple[str, ...] = (
     "nucleus_to_rbc", "circularity", "solidity", "eccentricity", "lobes", "chromatin_cv",
@@ -88,6 +86,25 @@ MIN_RED_CELLS = 3
 _LOBE_EROSION = 0.12
 # Width of the ring around the nucleus, in nucleus diameters.
 _RIM_WIDTH = 0.25
+
+
+def measurement_fingerprint() -> str:
+    """What identifies the measurements: a hash of this module's and the nucleus detector's
+    source code (:mod:`leukdx.data.cells`). It is part of the feature cache key, so features
+    measured by other code are measured again, never read back.
+
+    Example:
+        >>> measurement_fingerprint().startswith("morphology:")
+        True
+    """
+    import hashlib
+    import inspect
+    import sys
+
+    from leukdx.data import cells
+
+    code = inspect.getsource(sys.modules[__name__]) + inspect.getsource(cells)
+    return "morphology:" + hashlib.sha1(code.encode()).hexdigest()[:16]
 
 
 def _optical_density(rgb: np.ndarray) -> np.ndarray:

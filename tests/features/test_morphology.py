@@ -219,3 +219,19 @@ def test_on_real_fields_blast_nuclei_measure_larger_than_normal_ones(shared_data
     assert (table["ratio"] - table["half"]).abs().max() < 0.2
     by_class = table.groupby("cls")["ratio"]
     assert by_class.min()["leukemia"] > by_class.max()["healthy"]
+
+
+def test_the_cache_key_changes_with_the_measuring_code(tmp_path, monkeypatch):
+    """Features measured by other code are never read back as these (a stale cache)."""
+    import inspect
+
+    import leukdx.features.morphology as morphology
+    from leukdx.features.extract import feature_cache_key, feature_source
+
+    cfg = _morphology_config(tmp_path, tmp_path)
+    records = pd.DataFrame({"sha256": ["a" * 64]})
+    before = feature_cache_key(feature_source(cfg), records)
+    real = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + (
+        "# edited" if obj is morphology else ""))
+    assert feature_cache_key(feature_source(cfg), records) != before
