@@ -23,6 +23,8 @@ LeukNet's feature-space analysis (§4.3) as one experiment, ``task: features``:
    ``source_confound.csv`` / ``source_confound.json`` (printed too).
 
 An empty ``features.classifiers`` runs steps 2-4 only (``configs/feature_space.yaml``).
+``features.extractor: morphology`` runs all four on measured nuclear morphology instead of a
+network's activations (``configs/lodo_morphology.yaml``).
 
 Example:
     >>> from leukdx.config import load_config

@@ -14,6 +14,10 @@ Two kinds of network give features (Loey et al. 2020 model 1; LeukNet §4.3):
   ``head_dense_2`` of an mDFT VGG-16 (LeukNet Table 10). A run folder's ``config.yaml`` supplies
   the image size and aspect the model was trained with.
 
+Without a network, ``features.extractor: morphology`` measures the largest white-cell nucleus
+of each image instead (:mod:`leukdx.features.morphology`; 9 numbers, no ``layer``); its cache
+key hashes the measuring code.
+
 Activations are cached as ``<features.cache_dir>/<name>_<key>.npz``, where the key hashes the
 model fingerprint (backbone, weights file hash, seed and leukdx version; or the model file's
 sha256), the layer, the image size and aspect, and the data fingerprint (the set of image
