@@ -70,6 +70,7 @@ VARIANTS: tuple[str, ...] = (
     "lodo_generalise_adabn",
     "lodo_generalise_pretrained",
     "lodo_generalise_96px",
+    "lodo_generalise_red_cell",
     "lodo_morphology",
 )
 METRICS: tuple[tuple[str, str], ...] = (

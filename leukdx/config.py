@@ -93,7 +93,10 @@ class CellConfig:
 
     Args:
         scale: crop side in nucleus diameters (at least 1); the nucleus fills about
-            ``1 / scale`` of the side.
+            ``1 / scale`` of the side. In red-cell diameters with ``scale_by: red_cell``.
+        scale_by: ``nucleus`` (each window sized by its own nucleus) or ``red_cell`` (every
+            window of an image sized by the image's red-cell diameter, so large nuclei stay
+            large; the nucleus rule where no red cell can be measured).
         max_cells: crops per image at most (its largest nuclei).
         aggregate: how the crop probabilities of a test image become one: ``max`` (a field
             is leukaemic if any of its cells is a blast), ``mean`` or ``topk``.
@@ -101,6 +104,7 @@ class CellConfig:
     """
 
     scale: float = 2.2
+    scale_by: str = "nucleus"
     max_cells: int = 8
     aggregate: str = "max"
     top_k: int = 3
@@ -466,6 +470,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_bad_image": ("error", "skip"),
     "data.stain_normalize": ("none", "reinhard", "macenko"),
     "data.crop": ("none", "center", "cell"),
+    "data.cell.scale_by": ("nucleus", "red_cell"),
     "data.tile.aggregate": ("mean", "max", "topk"),
     "data.cell.aggregate": ("mean", "max", "topk"),
     "augment.preset": (

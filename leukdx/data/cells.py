@@ -31,6 +31,18 @@ times the nucleus' diameter, resized to ``data.image_size``. A nucleus then fill
 leaves the image (no black borders), resized to ``size``. An image where no nucleus is found
 gives one crop: the whole image, resized (stretched) to ``size``.
 
+**Scale.** ``data.cell.scale_by: nucleus`` (the default) sizes each window by its own nucleus,
+so every nucleus fills the same share of its crop whatever the cell type: size differences are
+gone. ``red_cell`` sizes every window of an image by the image's red-cell diameter
+(:func:`red_cell_diameter`; ``data.cell.scale`` then counts red-cell diameters): the
+microscope's magnification still cancels, but a blast's nucleus (about two red cells across)
+fills twice the share of its crop that a small lymphocyte's (about one) does - the size
+difference haematologists read first. Where an image shows no measurable red cells (a tight
+single-cell crop) its windows fall back to the nucleus rule, and so does each window whose
+nucleus the measurement would make smaller than 0.6 or larger than 3 red cells across
+(:data:`NUCLEUS_TO_RED_CELL_RANGE`: a clump of touching nuclei, or a ruler that measured
+something else).
+
 **Training and testing.** Training uses the crop of the **largest** nucleus of each image with
 the image's label: one row per image, so splits and groups are unchanged. Testing scores every
 crop of an image and aggregates them into one image-level probability (``data.cell.aggregate``,
@@ -61,22 +73,38 @@ from PIL import Image
 from leukdx.data.decode import _decode, _draft, _resize_pil, open_image
 
 __all__ = [
+    "CELL_SCALE_BY",
+    "NUCLEUS_TO_RED_CELL_RANGE",
     "COMPACT_SOLIDITY",
     "MAX_COVER",
     "MAX_RETHRESHOLDS",
     "MIN_AREA_FRACTION",
     "MIN_CONTRAST",
+    "MIN_RED_CONTRAST",
+    "MIN_RED_COVER",
     "WORKING_PX",
     "Nucleus",
     "cell_boxes",
     "crop_cells",
     "find_nuclei",
     "haematoxylin",
+    "image_red_cell_diameter",
     "load_cells",
     "nucleus_mask",
+    "optical_density",
+    "plausible_ruler",
+    "window_sides",
+    "red_cell_diameter",
     "reflect_crop",
+    "working_picture",
 ]
 
+#: Plausible nucleus / red-cell diameter ratios of a white cell (a small lymphocyte's nucleus
+#: is about one red cell across, a large blast's or monocyte's up to about three): a ruler that
+#: puts the largest nucleus of an image outside this range has measured something else.
+NUCLEUS_TO_RED_CELL_RANGE: tuple[float, float] = (0.6, 3.0)
+#: What a cell window's side is measured in (``data.cell.scale_by``).
+CELL_SCALE_BY: tuple[str, ...] = ("nucleus", "red_cell")
 #: Longest side of the picture nuclei are detected on (larger images are reduced first).
 WORKING_PX = 512
 #: A nucleus mask covering more than this share of the image is re-thresholded.
@@ -91,6 +119,11 @@ MIN_CONTRAST = 0.01
 #: A mask whose largest component is at least this solid (area / convex area) and holds at
 #: least half of the mask is one nucleus, not red cells, and is not re-thresholded.
 COMPACT_SOLIDITY = 0.75
+#: Red cells covering less than this share of the image leave nothing to measure with.
+MIN_RED_COVER = 0.05
+#: Smallest optical-density step (summed over R, G, B) between red cells and background; a
+#: smaller Otsu split is the background's noise.
+MIN_RED_CONTRAST = 0.1
 # Pixels whose brightest channel is below this are ink (scale bars, labels), not stain.
 _INK_LEVEL = 40
 
@@ -120,7 +153,145 @@ class Nucleus:
         )
 
 
-def _check_cell_settings(scale: float, max_cells: int) -> None:
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Summed optical density of the three channels (0 for white, large for dark stain).
+
+    Args:
+        rgb: ``(..., 3)`` ``uint8`` pixels.
+
+    Returns:
+        float32 array of ``rgb.shape[:-1]``: ``-sum(log(max(v, 1) / 255))`` over R, G, B.
+    """
+    x = np.maximum(np.asarray(rgb, np.float32), 1.0) / 255.0
+    return -np.log(x).sum(axis=-1)
+
+
+def red_cell_diameter(rgb: np.ndarray, nucleus_mask: np.ndarray) -> float:
+    """Typical red-cell diameter of an image, in its pixels: the ruler of ``nucleus_to_rbc``.
+
+    1. Stained pixels (Otsu on the optical density of the pixels away from white cells) with
+       their holes filled (the pale centre of a red cell) make the cell mask. The white cells
+       are left out: their nuclei widened by 35 % of the largest nucleus' diameter (at least
+       3 px), which also takes the granular cytoplasm around a nucleus away.
+    2. The mask is mirrored outwards by a quarter of the image's shorter side, so a red cell cut
+       by the frame - all of them in a tight single-cell crop - is completed by its reflection
+       instead of measured as a sliver.
+    3. The largest inscribed disk of each connected piece (the maximum of its distance map) is
+       a red cell's radius, also when cells touch. Pieces under 2 px thick are left out; the
+       answer is the **area-weighted** median over the rest, so stray specks and granules,
+       however many, weigh little against whole cells.
+
+    Args:
+        rgb: ``(H, W, 3)`` ``uint8`` image.
+        nucleus_mask: ``(H, W)`` bool, the white-cell nuclei (to leave out).
+
+    Returns:
+        The diameter in pixels, or NaN when red cells cover less than :data:`MIN_RED_COVER`
+        of the image or are not :data:`MIN_RED_CONTRAST` darker than the background (nothing
+        to measure with).
+
+    Example:
+        >>> red_cell_diameter(field_of_16px_disks, np.zeros(field.shape[:2], bool))  # doctest: +SKIP
+        16.0
+    """
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import disk, opening
+
+    density = optical_density(rgb)
+    nuclei = np.asarray(nucleus_mask, bool)
+    near_white_cells = nuclei
+    if nuclei.any():
+        labels, count = ndi.label(nuclei)
+        largest = float(np.max(ndi.sum(nuclei, labels, np.arange(1, count + 1))))
+        grow = max(3, round(0.35 * 2.0 * math.sqrt(largest / math.pi)))
+        near_white_cells = ndi.binary_dilation(nuclei, structure=disk(grow))
+    away = density[~near_white_cells]
+    if away.size < 100 or away.min() == away.max():
+        return float("nan")
+    threshold = threshold_otsu(away)
+    if away[away > threshold].mean() - away[away <= threshold].mean() < MIN_RED_CONTRAST:
+        return float("nan")  # Otsu split the background's noise: there are no red cells
+    cells = ndi.binary_fill_holes(density > threshold) & ~near_white_cells
+    cells = opening(cells, disk(1))
+    if cells.mean() < MIN_RED_COVER:
+        return float("nan")
+    mirrored = np.pad(cells, max(1, min(cells.shape) // 4), mode="reflect")
+    labels, count = ndi.label(mirrored)
+    index = np.arange(1, count + 1)
+    radii = np.asarray(ndi.maximum(ndi.distance_transform_edt(mirrored), labels, index),
+                       dtype=np.float64)
+    areas = np.asarray(ndi.sum(mirrored, labels, index), dtype=np.float64)
+    keep = radii >= 2.0
+    if not keep.any():
+        return float("nan")
+    order = np.argsort(radii[keep])
+    weight = np.cumsum(areas[keep][order])
+    median = radii[keep][order][int(np.searchsorted(weight, weight[-1] / 2.0))]
+    return float(2.0 * median)
+
+
+def window_sides(nuclei: list[Nucleus], scale: float, ruler: float | None = None) -> list[float]:
+    """Side in pixels of each nucleus' window: ``scale`` x the ruler where
+    :func:`plausible_ruler` accepts it for that nucleus, else ``scale`` x its own diameter
+    (a clump of touching nuclei, or no ruler at all).
+
+    Example:
+        >>> window_sides([Nucleus(0, 0, 30.0, 707.0), Nucleus(0, 0, 200.0, 3e4)], 3.0, 20.0)
+        [60.0, 600.0]
+    """
+    sides = []
+    for n in nuclei:
+        usable = plausible_ruler(n.diameter, ruler) if ruler is not None else None
+        sides.append(float(scale) * (usable if usable is not None else n.diameter))
+    return sides
+
+
+def plausible_ruler(nucleus_diameter: float, ruler: float) -> float | None:
+    """``ruler`` when it puts a nucleus of ``nucleus_diameter`` (same pixels) inside
+    :data:`NUCLEUS_TO_RED_CELL_RANGE` red-cell diameters, else ``None`` (NaN included).
+
+    Example:
+        >>> plausible_ruler(40.0, 30.0), plausible_ruler(40.0, 8.0)
+        (30.0, None)
+    """
+    if not (math.isfinite(ruler) and ruler > 0):
+        return None
+    low, high = NUCLEUS_TO_RED_CELL_RANGE
+    return float(ruler) if low <= nucleus_diameter / ruler <= high else None
+
+
+def image_red_cell_diameter(rgb: np.ndarray) -> float:
+    """:func:`red_cell_diameter` of a picture, with its white-cell nuclei found as
+    :func:`find_nuclei` finds them (the opened :func:`nucleus_mask`).
+
+    Args:
+        rgb: ``(H, W, 3)`` ``uint8`` picture (at the working resolution: the opening and the
+            thresholds are tuned to :data:`WORKING_PX`).
+
+    Returns:
+        The diameter in the picture's pixels, or NaN.
+    """
+    from skimage.morphology import disk, opening
+
+    return red_cell_diameter(rgb, opening(nucleus_mask(rgb), disk(2)))
+
+
+def working_picture(arr: np.ndarray, working_px: int) -> tuple[np.ndarray, float]:
+    """``arr`` reduced so its longest side is at most ``working_px``, and the factor used."""
+    height, width = arr.shape[:2]
+    ratio = min(1.0, working_px / max(height, width))
+    if ratio >= 1.0:
+        return arr, 1.0
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BILINEAR,
+                                                  reducing_gap=3.0)), ratio
+
+
+def _check_cell_settings(scale: float, max_cells: int, scale_by: str = "nucleus") -> None:
+    if scale_by not in CELL_SCALE_BY:
+        raise ValueError(f"Cell crop scale_by is '{scale_by}'; choose from "
+                         f"{', '.join(CELL_SCALE_BY)} (data.cell.scale_by).")
     if not float(scale) >= 1.0:
         raise ValueError(
             f"Cell crop scale is {scale}; it must be at least 1 so the window holds the whole "
@@ -243,12 +414,7 @@ def find_nuclei(
 
     arr = np.asarray(rgb)
     height, width = arr.shape[:2]
-    work = arr
-    if max(height, width) > working_px:
-        ratio = working_px / max(height, width)
-        size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-        work = np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BILINEAR,
-                                                      reducing_gap=3.0))
+    work, _ = working_picture(arr, working_px)
     density = _stain_density(work)
     mask = opening(_mask_of(density), disk(2))
     min_area = MIN_AREA_FRACTION * mask.size
@@ -266,13 +432,19 @@ def find_nuclei(
     ]
 
 
-def cell_boxes(nuclei: list[Nucleus], scale: float = 2.2) -> np.ndarray:
+def cell_boxes(nuclei: list[Nucleus], scale: float = 2.2,
+               ruler: float | None = None) -> np.ndarray:
     """Square windows of side ``scale`` x diameter centred on each nucleus.
 
     Args:
         nuclei: from :func:`find_nuclei`.
         scale: window side in nucleus diameters (``data.cell.scale``); the nucleus fills
             about ``1 / scale`` of the side.
+        ruler: when given, the side of every window whose nucleus it measures plausibly
+            (:func:`plausible_ruler`) is ``scale`` x ``ruler`` pixels instead
+            (``data.cell.scale_by: red_cell``: the ruler is the image's red-cell diameter,
+            :func:`red_cell_diameter`), so a large nucleus fills more of its window than a
+            small one.
 
     Returns:
         ``(n, 4)`` float64 ``(top, left, bottom, right)``; a box may reach outside the image
@@ -283,11 +455,9 @@ def cell_boxes(nuclei: list[Nucleus], scale: float = 2.2) -> np.ndarray:
         array([[ 80.,  30., 120.,  70.]])
     """
     _check_cell_settings(scale, 1)
-    boxes = [
-        (n.row - scale * n.diameter / 2, n.col - scale * n.diameter / 2,
-         n.row + scale * n.diameter / 2, n.col + scale * n.diameter / 2)
-        for n in nuclei
-    ]
+    boxes = []
+    for n, side in zip(nuclei, window_sides(nuclei, scale, ruler)):
+        boxes.append((n.row - side / 2, n.col - side / 2, n.row + side / 2, n.col + side / 2))
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
@@ -330,15 +500,19 @@ def _resize_square(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 def crop_cells(
-    img: np.ndarray, size: int, *, scale: float = 2.2, max_cells: int = 8
+    img: np.ndarray, size: int, *, scale: float = 2.2, max_cells: int = 8,
+    scale_by: str = "nucleus",
 ) -> np.ndarray:
     """Nucleus-centred crops of an in-memory image, largest nucleus first.
 
     Args:
         img: ``(H, W, 3)`` ``uint8`` image.
         size: side of each output crop in pixels.
-        scale: window side in nucleus diameters (``data.cell.scale``).
+        scale: window side in nucleus diameters (``data.cell.scale``), or in red-cell
+            diameters with ``scale_by="red_cell"``.
         max_cells: at most this many crops (``data.cell.max_cells``).
+        scale_by: ``nucleus`` or ``red_cell`` (``data.cell.scale_by``, see the module
+            docstring).
 
     Returns:
         ``(n, size, size, 3)`` ``uint8``, ``1 <= n <= max_cells``; the whole image resized
@@ -348,16 +522,22 @@ def crop_cells(
         >>> crop_cells(field, 64).shape
         (5, 64, 64, 3)
     """
-    _check_cell_settings(scale, max_cells)
+    _check_cell_settings(scale, max_cells, scale_by)
     arr = np.asarray(img)
-    boxes = cell_boxes(find_nuclei(arr, max_cells=max_cells), scale)
+    nuclei = find_nuclei(arr, max_cells=max_cells)
+    ruler = None
+    if nuclei and scale_by == "red_cell":
+        work, ratio = working_picture(arr, WORKING_PX)
+        ruler = image_red_cell_diameter(work) / ratio
+    boxes = cell_boxes(nuclei, scale, ruler)
     if len(boxes) == 0:
         return _resize_square(arr, int(size))[None]
     return np.stack([_resize_square(reflect_crop(arr, tuple(b)), int(size)) for b in boxes])
 
 
 def load_cells(
-    path: str | os.PathLike, size: int, *, scale: float = 2.2, max_cells: int = 8
+    path: str | os.PathLike, size: int, *, scale: float = 2.2, max_cells: int = 8,
+    scale_by: str = "nucleus",
 ) -> np.ndarray:
     """Read an image and return its nucleus-centred crops (:func:`crop_cells` from a file).
 
@@ -369,8 +549,9 @@ def load_cells(
     Args:
         path: image file.
         size: side of each output crop in pixels.
-        scale: window side in nucleus diameters.
+        scale: window side in nucleus (or red-cell) diameters.
         max_cells: at most this many crops.
+        scale_by: ``nucleus`` or ``red_cell`` (:func:`crop_cells`).
 
     Returns:
         ``(n, size, size, 3)`` ``uint8``, largest nucleus first; ``n == 1`` and the whole image
@@ -383,7 +564,7 @@ def load_cells(
         >>> load_cells("Im052_1.jpg", 224).shape
         (8, 224, 224, 3)
     """
-    _check_cell_settings(scale, max_cells)
+    _check_cell_settings(scale, max_cells, scale_by)
     size = int(size)
     with open_image(path) as im:
         width, height = im.size
@@ -397,10 +578,16 @@ def load_cells(
         n.scaled(height / arr.shape[0], width / arr.shape[1])
         for n in find_nuclei(arr, max_cells=max_cells)
     ]
+    ruler = None
+    if nuclei and scale_by == "red_cell":
+        work, ratio = working_picture(arr, WORKING_PX)
+        # in the file's own pixels, like the nuclei
+        ruler = image_red_cell_diameter(work) / ratio * math.sqrt(
+            height / arr.shape[0] * width / arr.shape[1])
     if not nuclei:
         target = (min(width, size), min(height, size))
     else:
-        smallest = min(n.diameter for n in nuclei) * scale
+        smallest = min(window_sides(nuclei, scale, ruler))
         need = min(1.0, size / smallest)
         target = (math.ceil(width * need), math.ceil(height * need))
     if is_jpeg and (arr.shape[1] < target[0] or arr.shape[0] < target[1]):
@@ -409,6 +596,6 @@ def load_cells(
             arr = np.asarray(_decode(im, path))
     if not nuclei:
         return _resize_square(arr, size)[None]
-    boxes = cell_boxes(nuclei, scale)
+    boxes = cell_boxes(nuclei, scale, ruler)
     boxes *= np.array([arr.shape[0] / height, arr.shape[1] / width] * 2)
     return np.stack([_resize_square(reflect_crop(arr, tuple(b)), size) for b in boxes])

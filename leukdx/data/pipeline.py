@@ -354,6 +354,7 @@ class ImageCache:
         max_cells: int = 8,
         *,
         stain: StainReference | None = None,
+        scale_by: str = "nucleus",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Nucleus-centred crops of every image (:func:`leukdx.data.cells.load_cells`).
 
@@ -368,6 +369,8 @@ class ImageCache:
             scale: crop side in nucleus diameters (``data.cell.scale``).
             max_cells: crops per image at most (``data.cell.max_cells``).
             stain: a training-only stain reference applied to every crop, as in :meth:`get`.
+            scale_by: ``nucleus`` or ``red_cell`` (``data.cell.scale_by``): what ``scale``
+                counts.
 
         Returns:
             ``(crops, owner)``: ``(C, size, size, 3)`` ``uint8`` crops of all images in row
@@ -382,10 +385,12 @@ class ImageCache:
 
         size, max_cells = int(size), int(max_cells)
         paths, hashes = self._hashes(records)
-        tag = f"n{float(scale):g}m{max_cells}"
+        # the nucleus rule keeps its old tag, so crops cached before scale_by existed stay valid
+        tag = f"n{float(scale):g}m{max_cells}" + ("" if scale_by == "nucleus" else f"-{scale_by}")
         keys: list[_Key] = [(h, size, _CELLS, tag) for h in hashes]
         jobs = {
-            key: functools.partial(load_cells, path, size, scale=scale, max_cells=max_cells)
+            key: functools.partial(load_cells, path, size, scale=scale, max_cells=max_cells,
+                                   scale_by=scale_by)
             for key, path in zip(keys, paths)
         }
         return self._stacked(keys, jobs, size, stain)
@@ -468,7 +473,8 @@ class ImageCache:
             if not celled.all():
                 images[~celled] = self.get(records[~celled], size, aspect, stain=stain, **crop)
             crops, local_owner = self.get_cells(
-                records[celled], size, cell.scale, cell.max_cells, stain=stain
+                records[celled], size, cell.scale, cell.max_cells, stain=stain,
+                scale_by=cell.scale_by,
             )
             first = np.r_[True, local_owner[1:] != local_owner[:-1]]
             images[celled] = crops[first]

@@ -818,12 +818,17 @@ def result_settings(cfg: Config, exclude: Sequence[str] = ()) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if not _excluded(k, names)}
 
 
-def config_hash(cfg: Config) -> str:
+def config_hash(cfg: Config, inputs: str | None = None) -> str:
     """Hash of everything that can change the result of a fold trained with ``cfg``.
 
     Covers :func:`result_settings` (data, augment, model, train, evaluate protocol, seed, ...)
     and :data:`RESULTS_VERSION`; not ``evaluate.runs``, plots, verbosity, caches or executor
     settings. Every ``folds.csv`` row carries the hash of its grid point's config.
+
+    ``inputs`` is what produced the fold's inputs where the settings cannot say it (a fold
+    trainer's ``inputs_fingerprint``: e.g. the code that measures morphology features, or a
+    weights file's sha256), so rows computed from other inputs under the same settings are
+    never taken for these. ``None`` leaves the hash as it always was.
 
     Example:
         >>> from leukdx.config import Config, replace
@@ -842,6 +847,8 @@ def config_hash(cfg: Config) -> str:
                 "settings": {k: v for k, v in settings.items()
                              if k == "data.root" or k not in defaults
                              or _canonical(defaults[k]) != _canonical(v)}}
+    if inputs is not None:
+        material["inputs"] = str(inputs)
     text = json.dumps(material, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -920,6 +927,9 @@ def _check_rows(out: Path, folds: pd.DataFrame, planned: Mapping[tuple[str, ...]
         if saved is None:
             raise _refusal(out, f"config_hash {written} differs from {unit.config_hash}")
         differing = _differences(saved.get("settings", {}), result_settings(unit.cfg))
+        if saved.get("inputs") != unit.inputs:
+            differing.append(f"the fold inputs ({saved.get('inputs')} -> {unit.inputs}: "
+                             "the code or file that produced them changed)")
         if saved.get("results_version") != RESULTS_VERSION:
             differing.append(f"leukdx results version {saved.get('results_version')} -> "
                              f"{RESULTS_VERSION}")
@@ -971,11 +981,11 @@ def prepare_results_folder(
     return ledger
 
 
-def _record_hash(out: Path, cfg: Config, digest: str) -> None:
+def _record_hash(out: Path, cfg: Config, digest: str, inputs: str | None = None) -> None:
     """Keep what a hash stands for, so a later mismatch can name the differing keys."""
     path = out / HASHES_DIR / f"{digest}.json"
     if not path.is_file():
-        write_json_atomic({"results_version": RESULTS_VERSION,
+        write_json_atomic({"results_version": RESULTS_VERSION, "inputs": inputs,
                            "settings": result_settings(cfg)}, path)
 
 
@@ -992,8 +1002,10 @@ class FoldTask:
         split: the split (train/test positions into ``records``).
         records: the records the split indexes (with labels).
         seed: the seed of this fold and run.
-        config_hash: :func:`config_hash` of ``cfg``.
+        config_hash: :func:`config_hash` of ``cfg`` (and ``inputs``).
         label: ``grid point | split | run`` for messages.
+        inputs: the trainer's ``inputs_fingerprint`` of ``cfg`` (``None``: the settings
+            say everything).
     """
 
     cfg: Config
@@ -1003,6 +1015,7 @@ class FoldTask:
     seed: int
     config_hash: str
     label: str
+    inputs: str | None = None
 
     @property
     def key_text(self) -> tuple[str, ...]:
@@ -1440,8 +1453,10 @@ def run_evaluation(
     keras_models = bool(getattr(trainer, "builds_keras_models", True))
     for plan in plans:
         pcfg = plan.point.cfg
-        digest = config_hash(pcfg)
-        _record_hash(out, pcfg, digest)
+        fingerprint = getattr(trainer, "inputs_fingerprint", None)
+        inputs = fingerprint(pcfg) if fingerprint is not None else None
+        digest = config_hash(pcfg, inputs)
+        _record_hash(out, pcfg, digest, inputs)
         for position, split in enumerate(plan.splits):
             if keras_models:
                 message = class_balance_warning(
@@ -1452,7 +1467,7 @@ def run_evaluation(
                 seed = fold_seed(pcfg, position, run)
                 tasks.append(FoldTask(
                     cfg=pcfg, key=_row_key(plan, split, run, seed), split=split,
-                    records=plan.records, seed=seed, config_hash=digest,
+                    records=plan.records, seed=seed, config_hash=digest, inputs=inputs,
                     label=" | ".join(p for p in (plan.point.label, split.name, f"run {run}")
                                      if p),
                 ))

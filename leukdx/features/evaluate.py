@@ -159,6 +159,17 @@ class FeatureTrainer:
 
     # -- FoldTrainer protocol -----------------------------------------------------------
     @staticmethod
+    def inputs_fingerprint(cfg: Config) -> str | None:
+        """What produced the features where the settings cannot say it: the measuring code
+        of ``features.extractor: morphology`` (part of each fold's config hash, so its rows
+        are recomputed, never reused, after that code changes); ``None`` for networks."""
+        if cfg.features.extractor == "morphology":
+            from leukdx.features.morphology import measurement_fingerprint
+
+            return measurement_fingerprint()
+        return None
+
+    @staticmethod
     def classifier_name(cfg: Config) -> str:
         """The single classifier of a grid point (``features.classifiers`` of length 1)."""
         names = list(cfg.features.classifiers)
@@ -212,6 +223,12 @@ class FeatureTrainer:
         x_calibration = fs.features[rows[held_out]]
         y_train = train_records["label"].to_numpy().astype(int)[~held_out]
         x_test = fs.features[[row_of[sha] for sha in test_records["sha256"].astype(str)]]
+        # a feature no training image has (e.g. a red-cell ruler no training source can
+        # measure) carries nothing, and some estimators cannot bin an all-missing column
+        measured = ~np.isnan(x_train).all(axis=0) if len(x_train) else np.ones(0, bool)
+        if len(measured) and not measured.all():
+            x_train, x_test = x_train[:, measured], x_test[:, measured]
+            x_calibration = x_calibration[:, measured]
         classifier = build_classifier(self.classifier_name(cfg), seed=int(seed) % (2**32))
         if not allows_missing(classifier) and any(
                 np.isnan(x).any() for x in (x_train, x_test, x_calibration)):

@@ -13,10 +13,11 @@ Every feature is free of the source's scale, framing and stain strength by const
 is why they are candidates for transfer to a lab never seen (the point of LeukNet's LODO):
 
 ======================  ====================================================================
-``nucleus_to_rbc``      log of the nucleus' equivalent diameter over the median red-cell
-                        diameter of the same image (:func:`red_cell_diameter`); the image's own
-                        red cells are the ruler, so the magnification cancels. NaN when the
-                        image shows too few red cells to measure (a tight single-cell crop).
+``nucleus_to_rbc``      log of the nucleus' equivalent diameter over the typical red-cell
+                        diameter of the same image (:func:`leukdx.data.cells.red_cell_diameter`); the image's own
+                        red cells are the ruler, so the magnification cancels. NaN when red
+                        cells cover under 5 % of the image, or when the ratio falls outside
+                        0.6-3 (:data:`leukdx.data.cells.NUCLEUS_TO_RED_CELL_RANGE`).
 ``circularity``         4 pi area / perimeter^2 of the nucleus (1 for a disk).
 ``solidity``            nucleus area / its convex hull's area (lobed nuclei are low).
 ``eccentricity``        of the ellipse with the nucleus' second moments (0 for a disk).
@@ -61,14 +62,12 @@ from PIL import Image
 __all__ = [
     "CANONICAL_PX",
     "FEATURE_NAMES",
-    "MIN_RED_CELLS",
     "WINDOW_SCALE",
     "image_morphology",
     "measurement_fingerprint",
     "morphology_table",
     "morphology_features",
     "nucleus_shape_and_chromatin",
-    "red_cell_diameter",
 ]
 
 #: Names of the feature columns, in order.
@@ -80,8 +79,6 @@ FEATURE_NAMES: tuple[str, ...] = (
 WINDOW_SCALE = 3.0
 #: Side in pixels the window is resized to (a nucleus spans CANONICAL_PX / WINDOW_SCALE px).
 CANONICAL_PX = 144
-#: Fewer whole red cells (or clumps) than this and the image has no measurable red cells.
-MIN_RED_CELLS = 3
 # Erosion radius of the lobe count, in nucleus diameters.
 _LOBE_EROSION = 0.12
 # Width of the ring around the nucleus, in nucleus diameters.
@@ -107,57 +104,6 @@ def measurement_fingerprint() -> str:
     return "morphology:" + hashlib.sha1(code.encode()).hexdigest()[:16]
 
 
-def _optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Summed optical density of the three channels (0 for white, large for dark stain)."""
-    x = np.maximum(np.asarray(rgb, np.float32), 1.0) / 255.0
-    return -np.log(x).sum(axis=-1)
-
-
-def red_cell_diameter(rgb: np.ndarray, nucleus_mask: np.ndarray) -> float:
-    """Median red-cell diameter of an image, in its pixels: the ruler of ``nucleus_to_rbc``.
-
-    Stained pixels (Otsu on the optical density of the pixels away from nuclei) with their
-    holes filled (the pale centre of a red cell) make the cell mask; the white-cell nuclei,
-    widened by 3 px, are removed. The largest inscribed disk of each connected piece (the
-    maximum of its distance map) is a red cell's radius, also when cells touch; pieces that
-    touch the image border (cut cells, open rings) or are under 2 px thick are left out, and
-    the median over the rest is the answer.
-
-    Args:
-        rgb: ``(H, W, 3)`` ``uint8`` image.
-        nucleus_mask: ``(H, W)`` bool, the white-cell nuclei (to leave out).
-
-    Returns:
-        The diameter in pixels, or NaN when fewer than :data:`MIN_RED_CELLS` pieces are left.
-
-    Example:
-        >>> red_cell_diameter(field_of_16px_disks, np.zeros(field.shape[:2], bool))  # doctest: +SKIP
-        16.0
-    """
-    from scipy import ndimage as ndi
-    from skimage.filters import threshold_otsu
-    from skimage.morphology import disk, opening
-
-    density = _optical_density(rgb)
-    near_nuclei = ndi.binary_dilation(np.asarray(nucleus_mask, bool), iterations=3)
-    away = density[~near_nuclei]
-    if away.size < 100 or away.min() == away.max():
-        return float("nan")
-    cells = ndi.binary_fill_holes(density > threshold_otsu(away))
-    cells &= ~near_nuclei
-    cells = opening(cells, disk(1))
-    labels, count = ndi.label(cells)
-    if count == 0:
-        return float("nan")
-    border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    radii = np.asarray(ndi.maximum(ndi.distance_transform_edt(cells), labels,
-                                   np.arange(1, count + 1)), dtype=np.float64)
-    inside = ~np.isin(np.arange(1, count + 1), border) & (radii >= 2.0)
-    if inside.sum() < MIN_RED_CELLS:
-        return float("nan")
-    return float(2.0 * np.median(radii[inside]))
-
-
 def nucleus_shape_and_chromatin(window: np.ndarray) -> np.ndarray | None:
     """Shape and chromatin features of the nucleus at the centre of a square window.
 
@@ -178,7 +124,7 @@ def nucleus_shape_and_chromatin(window: np.ndarray) -> np.ndarray | None:
     from skimage.measure import label, regionprops
     from skimage.morphology import disk, opening
 
-    from leukdx.data.cells import haematoxylin
+    from leukdx.data.cells import haematoxylin, optical_density
 
     arr = np.ascontiguousarray(window)
     density = haematoxylin(arr).astype(np.float64)
@@ -206,7 +152,7 @@ def nucleus_shape_and_chromatin(window: np.ndarray) -> np.ndarray | None:
     chromatin_cv = float(inside.std() / (mean_density + 1e-6))
     laplacian = np.abs(ndi.laplace(gaussian(density, sigma=1.0)))
     texture = float(laplacian[nucleus].mean() / (mean_density + 1e-6))
-    total = _optical_density(arr)
+    total = optical_density(arr)
     stained = total > threshold_otsu(total) if total.min() != total.max() else np.zeros_like(nucleus)
     others = stained & ~nucleus
     contrast = mean_density / (float(np.median(density[others])) + 1e-3) if others.any() else 1.0
@@ -232,15 +178,14 @@ def morphology_features(rgb: np.ndarray, *, working_px: int | None = None) -> np
         >>> morphology_features(np.full((64, 64, 3), 230, np.uint8))
         array([nan, nan, nan, nan, nan, nan, nan, nan, nan])
     """
-    from skimage.morphology import disk, opening
-
     from leukdx.data.cells import (
         WORKING_PX,
-        _mask_of,
-        _stain_density,
         cell_boxes,
         find_nuclei,
+        image_red_cell_diameter,
+        plausible_ruler,
         reflect_crop,
+        working_picture,
     )
 
     arr = np.asarray(rgb)
@@ -249,13 +194,7 @@ def morphology_features(rgb: np.ndarray, *, working_px: int | None = None) -> np
                          f"{arr.shape}.")
     out = np.full(len(FEATURE_NAMES), np.nan)
     limit = int(working_px or WORKING_PX)
-    height, width = arr.shape[:2]
-    ratio = min(1.0, limit / max(height, width))
-    work = arr
-    if ratio < 1.0:
-        size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-        work = np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BILINEAR,
-                                                      reducing_gap=3.0))
+    work, ratio = working_picture(arr, limit)
     nuclei = find_nuclei(work, max_cells=1, working_px=limit)
     if not nuclei:
         return out
@@ -267,8 +206,8 @@ def morphology_features(rgb: np.ndarray, *, working_px: int | None = None) -> np
     if shape is None:
         return out
     out[1:] = shape
-    rbc = red_cell_diameter(work, opening(_mask_of(_stain_density(work)), disk(2)))
-    if math.isfinite(rbc) and rbc > 0:
+    rbc = plausible_ruler(nucleus.diameter, image_red_cell_diameter(work))
+    if rbc is not None:
         out[0] = math.log(nucleus.diameter / rbc)
     return out
 

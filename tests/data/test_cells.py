@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from smears import RED_CELL as SMEAR_RED_CELL  # tests/smears.py
+from smears import disk_mask, nuclei, resized, smear
 
 from leukdx.data.cells import (
     MAX_COVER,
@@ -18,6 +21,7 @@ from leukdx.data.cells import (
     haematoxylin,
     load_cells,
     nucleus_mask,
+    red_cell_diameter,
     reflect_crop,
 )
 from leukdx.data.decode import read_image, resize_image
@@ -329,3 +333,111 @@ def test_real_all_idb1_fields_give_several_cell_crops(shared_data):
         nuclei = find_nuclei(read_image(path))
         # a nucleus of a whole field is tens of pixels across, not a few
         assert all(n.diameter > 40 for n in nuclei), path.name
+
+
+def test_red_cell_diameter_is_the_drawn_one_and_scales_with_the_image():
+    img = smear(rbc=28.0)
+    no_nuclei = np.zeros(img.shape[:2], bool)
+    assert red_cell_diameter(img, no_nuclei) == pytest.approx(28.0, rel=0.15)
+    assert red_cell_diameter(resized(img, 0.5), np.zeros((128, 128), bool)) == pytest.approx(
+        14.0, rel=0.2)
+
+
+def test_red_cell_diameter_is_nan_without_red_cells():
+    blank = np.full((96, 96, 3), 230, np.uint8)
+    assert math.isnan(red_cell_diameter(blank, np.zeros((96, 96), bool)))
+
+
+def test_red_cells_cut_by_the_frame_are_completed_and_specks_weigh_little():
+    """A tight crop (every red cell cut by the frame) still measures its red cells, and many
+    small stained specks (platelets, granules, dirt) do not shrink the ruler."""
+    img = smear(size=256, rbc=36.0, nucleus=40.0)
+    crop = img[40:216, 40:216]  # 176 px: the lattice is cut on every side
+    assert red_cell_diameter(crop, nuclei(crop)) == pytest.approx(36.0, rel=0.15)
+    rng = np.random.default_rng(3)
+    specked = img.copy()
+    yy, xx = np.mgrid[0:256, 0:256]
+    for cy, cx in rng.integers(0, 256, (150, 2)):
+        specked[disk_mask(yy, xx, cy, cx, 2.5)] = SMEAR_RED_CELL.astype(np.uint8)
+    assert red_cell_diameter(specked, nuclei(specked)) == pytest.approx(36.0, rel=0.15)
+
+
+def _nucleus_share(crop: np.ndarray) -> float:
+    """Share of a crop covered by the (dark purple) synthetic nucleus."""
+    return float((crop[..., 0] < 150).mean())
+
+
+def test_red_cell_windows_keep_the_nucleus_size_that_nucleus_windows_remove():
+    small, large = smear(rbc=28.0, nucleus=24.0), smear(rbc=28.0, nucleus=48.0)
+    by_nucleus = [_nucleus_share(crop_cells(img, 64, scale=2.2)[0]) for img in (small, large)]
+    by_red_cell = [_nucleus_share(crop_cells(img, 64, scale=4.0, scale_by="red_cell")[0])
+                   for img in (small, large)]
+    assert by_nucleus[1] == pytest.approx(by_nucleus[0], rel=0.2)  # size removed
+    assert by_red_cell[1] == pytest.approx(4 * by_red_cell[0], rel=0.25)  # twice the diameter
+    # 4 red-cell diameters of 28 px = 112 px windows: a 48-px nucleus spans 43 % of the side
+    assert by_red_cell[1] == pytest.approx(math.pi / 4 * (48 / 112) ** 2, rel=0.2)
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_red_cell_windows_cancel_the_magnification(factor):
+    img = smear(rbc=28.0, nucleus=40.0)
+    base = _nucleus_share(crop_cells(img, 64, scale=4.0, scale_by="red_cell")[0])
+    other = _nucleus_share(crop_cells(resized(img, factor), 64, scale=4.0,
+                                      scale_by="red_cell")[0])
+    assert other == pytest.approx(base, rel=0.15)
+
+
+def test_without_red_cells_the_window_falls_back_to_the_nucleus_rule(tmp_path):
+    img = smear(size=160, nucleus=40.0, red_cells=False)
+    np.testing.assert_array_equal(crop_cells(img, 48, scale=3.0, scale_by="red_cell"),
+                                  crop_cells(img, 48, scale=3.0))
+    with pytest.raises(ValueError, match="data.cell.scale_by"):
+        crop_cells(img, 48, scale_by="platelet")
+
+
+def test_load_cells_with_red_cell_windows_matches_the_in_memory_crop(tmp_path):
+    img = smear(size=256, rbc=30.0, nucleus=44.0)
+    path = tmp_path / "smear.png"
+    Image.fromarray(img).save(path)
+    from_file = load_cells(path, 64, scale=4.0, scale_by="red_cell")
+    in_memory = crop_cells(img, 64, scale=4.0, scale_by="red_cell")
+    assert from_file.shape == in_memory.shape
+    assert np.abs(from_file.astype(int) - in_memory.astype(int)).mean() < 2.0
+
+
+def test_the_image_cache_keeps_red_cell_and_nucleus_windows_apart(tmp_path):
+    from leukdx.data.pipeline import ImageCache
+
+    for i, nucleus in enumerate((24.0, 48.0)):
+        Image.fromarray(smear(nucleus=nucleus, seed=i)).save(tmp_path / f"{i}.png")
+    records = pd.DataFrame({"path": [str(tmp_path / "0.png"), str(tmp_path / "1.png")]})
+    cache = ImageCache(progress=False)
+    by_nucleus, _ = cache.get_cells(records, 32, scale=3.0)
+    by_red_cell, _ = cache.get_cells(records, 32, scale=3.0, scale_by="red_cell")
+    assert not np.array_equal(by_nucleus, by_red_cell)
+    assert _nucleus_share(by_red_cell[1]) > 2 * _nucleus_share(by_red_cell[0])
+
+
+def test_cell_scale_by_is_checked():
+    from leukdx.config import ConfigError, load_config, replace, validate_config
+
+    with pytest.raises(ConfigError, match="data.cell.scale_by"):
+        validate_config(replace(load_config(None), {"data.cell.scale_by": "platelets"}))
+
+
+def test_an_implausible_ruler_falls_back_to_the_nucleus_rule():
+    """Red "cells" a fifth of the nucleus across (platelets, debris, a failed measurement)
+    are no ruler for a white cell: the nucleus rule applies, and the morphology feature is
+    missing rather than wrong."""
+    from leukdx.data.cells import NUCLEUS_TO_RED_CELL_RANGE, plausible_ruler
+    from leukdx.features.morphology import morphology_features
+
+    img = smear(size=256, rbc=9.0, nucleus=48.0)
+    assert red_cell_diameter(img, nuclei(img)) == pytest.approx(9.0, rel=0.25)
+    np.testing.assert_array_equal(crop_cells(img, 48, scale=3.0, scale_by="red_cell"),
+                                  crop_cells(img, 48, scale=3.0))
+    assert math.isnan(morphology_features(img)[0])
+    low, high = NUCLEUS_TO_RED_CELL_RANGE
+    assert plausible_ruler(30.0, 30.0 / low) == pytest.approx(30.0 / low)
+    assert plausible_ruler(30.0, 30.0 / high * 0.99) is None
+    assert plausible_ruler(30.0, float("nan")) is None

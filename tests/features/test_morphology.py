@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from smears import nuclei, resized, smear
 
 from leukdx.config import ConfigError, load_config, replace, validate_config
+from leukdx.data.cells import red_cell_diameter
 from leukdx.data.decode import BadImageError
 from leukdx.features.extract import extract_features
 from leukdx.features.morphology import (
@@ -18,73 +20,9 @@ from leukdx.features.morphology import (
     image_morphology,
     morphology_features,
     nucleus_shape_and_chromatin,
-    red_cell_diameter,
 )
 
-BACKGROUND = np.array([232, 226, 236], np.float32)
-RED_CELL = np.array([214, 150, 160], np.float32)
-PALLOR = np.array([226, 196, 204], np.float32)
-NUCLEUS = np.array([92, 48, 140], np.float32)
-CYTOPLASM = np.array([190, 190, 228], np.float32)
 FEATURE = {name: i for i, name in enumerate(FEATURE_NAMES)}
-
-
-def _disk(yy, xx, cy, cx, r):
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
-
-
-def smear(size: int = 256, rbc: float = 28.0, nucleus: float = 40.0, *, lobed: bool = False,
-          speckle: float = 0.0, seed: int = 0) -> np.ndarray:
-    """A blood-smear-like image: a lattice of red cells with pale centres (diameter ``rbc``)
-    around one white cell at the centre whose nucleus has diameter ``nucleus`` (three joined
-    lobes with ``lobed``), chromatin speckled by ``speckle`` (0-1)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    img = np.broadcast_to(BACKGROUND, (size, size, 3)).copy()
-    c = size / 2
-    white_r = nucleus * 0.8
-    step = rbc * 1.15
-    for cy in np.arange(rbc / 2, size, step):
-        for cx in np.arange(rbc / 2, size, step):
-            jy, jx = rng.uniform(-1.5, 1.5, 2)
-            if math.hypot(cy - c, cx - c) < white_r + rbc * 0.6:
-                continue
-            img[_disk(yy, xx, cy + jy, cx + jx, rbc / 2)] = RED_CELL
-            img[_disk(yy, xx, cy + jy, cx + jx, rbc / 6)] = PALLOR
-    img[_disk(yy, xx, c, c, white_r)] = CYTOPLASM
-    if lobed:  # three lobes joined by thin chromatin bridges, like a neutrophil's
-        lobe_r = nucleus / 4.2
-        mask = np.zeros((size, size), bool)
-        for angle in (0.0, 2.1, 4.2):
-            ly, lx = c + nucleus / 3 * math.sin(angle), c + nucleus / 3 * math.cos(angle)
-            mask |= _disk(yy, xx, ly, lx, lobe_r)
-            for t in np.linspace(0.0, 1.0, 40):
-                mask |= _disk(yy, xx, c + t * (ly - c), c + t * (lx - c), 1.5)
-    else:
-        mask = _disk(yy, xx, c, c, nucleus / 2)
-    shade = 1.0 + speckle * rng.choice([-0.55, 0.45], size=(size, size))
-    img[mask] = np.clip(NUCLEUS * shade[mask, None], 0, 255)
-    img += rng.normal(0, 2.0, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _resize(img: np.ndarray, factor: float) -> np.ndarray:
-    h, w = img.shape[:2]
-    return np.asarray(Image.fromarray(img).resize((round(w * factor), round(h * factor)),
-                                                   Image.Resampling.BILINEAR))
-
-
-def test_red_cell_diameter_is_the_drawn_one_and_scales_with_the_image():
-    img = smear(rbc=28.0)
-    no_nuclei = np.zeros(img.shape[:2], bool)
-    assert red_cell_diameter(img, no_nuclei) == pytest.approx(28.0, rel=0.15)
-    assert red_cell_diameter(_resize(img, 0.5), np.zeros((128, 128), bool)) == pytest.approx(
-        14.0, rel=0.2)
-
-
-def test_red_cell_diameter_is_nan_without_red_cells():
-    blank = np.full((96, 96, 3), 230, np.uint8)
-    assert math.isnan(red_cell_diameter(blank, np.zeros((96, 96), bool)))
 
 
 @pytest.mark.parametrize("factor", [0.5, 2.0])
@@ -94,7 +32,7 @@ def test_features_do_not_depend_on_magnification(factor):
     number of pixels per nucleus diameter."""
     img = smear(rbc=26.0, nucleus=44.0)
     base = morphology_features(img)
-    other = morphology_features(_resize(img, factor))
+    other = morphology_features(resized(img, factor))
     assert np.isfinite(base).all() and np.isfinite(other).all()
     assert other[FEATURE["nucleus_to_rbc"]] == pytest.approx(base[FEATURE["nucleus_to_rbc"]],
                                                              abs=0.15)
@@ -150,8 +88,8 @@ def test_an_image_without_a_nucleus_is_all_nan_and_bad_input_is_refused(tmp_path
         image_morphology(broken)
 
 
-def test_a_tight_crop_without_red_cells_keeps_its_shape_features():
-    img = smear(size=256, nucleus=60.0)[74:182, 74:182]  # only cut red cells remain
+def test_a_white_cell_without_red_cells_keeps_its_shape_features():
+    img = smear(size=160, nucleus=60.0, red_cells=False)
     values = morphology_features(img)
     assert math.isnan(values[FEATURE["nucleus_to_rbc"]])
     assert np.isfinite(values[1:]).all()
@@ -212,10 +150,26 @@ def test_on_real_fields_blast_nuclei_measure_larger_than_normal_ones(shared_data
                 im.draft("RGB", (im.width // 2, im.height // 2))
                 full = np.asarray(im.convert("RGB"))
             values = morphology_features(full)
-            half = morphology_features(_resize(full, 0.5))
+            half = morphology_features(resized(full, 0.5))
             rows.append({"cls": cls, "ratio": values[0], "half": half[0]})
     table = pd.DataFrame(rows)
-    assert table["ratio"].notna().all()
+    # a leukaemic field's largest "nucleus" may be a clump of touching blasts, over three red
+    # cells across: no single nucleus, so not measured (NaN); healthy fields are all measured
+    healthy = table[table["cls"] == "healthy"]
+    assert healthy["ratio"].notna().all()
+    assert table.loc[table["cls"] == "leukemia", "ratio"].notna().sum() >= 2
+    table = table.dropna()
+    # one microscope and magnification: the red-cell ruler reads the same on every field
+    with Image.open(sorted((shared_data / "all_idb1" / "healthy").glob("*.jpg"))[0]) as im:
+        im.draft("RGB", (im.width // 4, im.height // 4))
+        first = np.asarray(im.convert("RGB"))
+    diameters = []
+    for path in sorted((shared_data / "all_idb1").glob("*/*.jpg")):
+        with Image.open(path) as im:
+            im.draft("RGB", (first.shape[1], first.shape[0]))
+            rgb = np.asarray(im.convert("RGB"))
+        diameters.append(red_cell_diameter(rgb, nuclei(rgb)))
+    assert np.std(diameters) / np.mean(diameters) < 0.1
     assert (table["ratio"] - table["half"]).abs().max() < 0.2
     by_class = table.groupby("cls")["ratio"]
     assert by_class.min()["leukemia"] > by_class.max()["healthy"]
@@ -235,3 +189,29 @@ def test_the_cache_key_changes_with_the_measuring_code(tmp_path, monkeypatch):
     monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + (
         "# edited" if obj is morphology else ""))
     assert feature_cache_key(feature_source(cfg), records) != before
+
+
+def test_rows_measured_by_other_code_are_refused_not_reused(tiny_collection, tmp_path,
+                                                            monkeypatch):
+    """A results folder whose morphology rows came from other measuring code is refused
+    (the message says why); ``force`` keeps the old ledger aside and measures again."""
+    import leukdx.features.morphology as morphology
+    from leukdx.evaluation.runner import ResultsFolderError
+    from leukdx.features.evaluate import run_feature_evaluation
+
+    cfg = replace(_morphology_config(tiny_collection, tmp_path), {
+        "data.image_size": 32, "features.tsne": False, "evaluate.plots": False,
+        "evaluate.protocol": "lodo"})
+    out = tmp_path / "out"
+    first = run_feature_evaluation(cfg, out, progress=False)
+    assert len(first) == 3 and set(first["strategy"]) == {"features:hgb"}
+    again = run_feature_evaluation(cfg, out, progress=False)  # same code: resumed as it is
+    assert again["config_hash"].tolist() == first["config_hash"].tolist()
+
+    monkeypatch.setattr(morphology, "measurement_fingerprint", lambda: "morphology:edited")
+    with pytest.raises(ResultsFolderError, match="fold inputs"):
+        run_feature_evaluation(cfg, out, progress=False)
+    redone = run_feature_evaluation(cfg, out, progress=False, force=True)
+    assert len(redone) == 3
+    assert not set(redone["config_hash"]) & set(first["config_hash"])
+    assert list(out.glob("folds.*.csv"))  # the old ledger is kept aside
