@@ -347,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "predictions_2.csv... when it exists: never overwritten)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threshold", type=float, default=None, help="default: the model's own")
-    p.add_argument("--tta", type=int, default=1, metavar="N",
-                   help="average over N of the 8 flips/rotations by 90 degrees (1-8, default 1)")
+    p.add_argument("--tta", type=int, default=None, metavar="N",
+                   help="average over N of the 8 flips/rotations by 90 degrees (1-8; default: "
+                        "the run's evaluate.tta, 1 for a model without a run)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="Grad-CAM heat-maps overlaid on the images")

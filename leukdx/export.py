@@ -29,6 +29,15 @@ probability = P(leukaemia), label = ``probability >= threshold`` with the run's
   ``serve_fixed``, with test-time augmentation: the probability is the mean over the 8
   flips/rotations by 90 degrees of each image (:mod:`leukdx.tta`), 8x the compute.
 
+Data steps outside the graph. A run trained on centre crops, nucleus-centred cell crops
+(``data.crop``) or stain-normalised images (``data.stain_normalize``) expects its inputs
+prepared the same way; the graph only resizes. The export stores those steps (and the stain
+reference) as ``preparation`` in the SavedModel's metadata (:mod:`leukdx.data.inputs`), and
+``leukdx predict EXPORT_DIR`` repeats them before calling the SavedModel; a server calling the
+signatures directly must send prepared images (e.g. the cell crops of
+:func:`leukdx.data.cells.load_cells`, stain-normalised with
+:func:`leukdx.data.stain.normalize_images`).
+
 Resizing. leukdx trains on images resized by Pillow (bicubic, antialiased; JPEGs decoded in
 Pillow's draft mode at a reduced DCT scale when much larger than the model's input). The
 graph resizes with ``tf.image.resize(method="bicubic", antialias=True)``, rounded and clipped
@@ -861,4 +870,13 @@ def _serving_metadata(loaded: LoadedModel) -> dict[str, Any]:
     cfg = loaded.config
     if cfg is None:
         return {}
-    return {"backbone": cfg.model.backbone, "strategy": cfg.model.strategy, "name": cfg.name}
+    from leukdx.data.inputs import InputPreparation
+
+    meta: dict[str, Any] = {"backbone": cfg.model.backbone, "strategy": cfg.model.strategy,
+                            "name": cfg.name, "tta_views": int(cfg.evaluate.tta)}
+    preparation = InputPreparation.for_run(cfg, loaded.run_dir, image_size=loaded.image_size)
+    if not preparation.is_plain:
+        # steps the graph does not do (nucleus detection, stain normalisation): stored so
+        # `leukdx predict EXPORT` repeats them; a bare TF server must do them itself
+        meta["preparation"] = preparation.to_dict()
+    return meta

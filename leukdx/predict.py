@@ -116,14 +116,21 @@ class Predictor:
         image_size: side images are resized to before prediction, or ``None`` when the model
             takes images at their own size (one at a time).
         aspect: ``stretch`` or ``pad``.
-        threshold: decision threshold of the model's run.
+        threshold: decision threshold of the model's run (the calibrated one when the run
+            set it on a withheld source, ``train.calibrate``).
         description: what was loaded (for messages and the CSV's provenance).
+        preparation: the run's data steps (crop, cell windows, stain reference;
+            :class:`~leukdx.data.inputs.InputPreparation`), or ``None`` when the model came
+            without them (images are only resized).
+        tta: the run's ``evaluate.tta`` (views averaged when ``predict_paths`` is not told).
     """
 
     image_size: int | None
     aspect: str
     threshold: float
     description: str
+    preparation: Any = None
+    tta: int = 1
 
     def predict(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         """P(leukaemia), shape (B,), for ``(B, H, W, 3)`` ``uint8`` images."""
@@ -138,6 +145,12 @@ class _KerasPredictor(Predictor):
         self.threshold = loaded.threshold
         self.batch_size = int(batch_size)
         self.description = str(loaded.model_path or "in-memory Keras model")
+        if loaded.config is not None:
+            from leukdx.data.inputs import InputPreparation
+
+            self.preparation = InputPreparation.for_run(loaded.config, loaded.run_dir,
+                                                        image_size=self.image_size)
+            self.tta = int(loaded.config.evaluate.tta)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         from leukdx.train import predict_proba
@@ -181,6 +194,13 @@ class _SavedModelPredictor(Predictor):
 
         self.aspect = str(meta.get("aspect", DEFAULT_ASPECT))
         self.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
+        if meta.get("preparation"):
+            # the run's crop / cell windows / stain reference, stored by leukdx export
+            from leukdx.data.inputs import InputPreparation
+
+            self.preparation = InputPreparation.from_dict(meta["preparation"])
+            self.image_size = self.preparation.image_size
+        self.tta = int(meta.get("tta_views", 1) or 1)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -327,7 +347,7 @@ def predict_paths(
     *,
     progress: bool = True,
     workers: int | None = None,
-    tta: int = 1,
+    tta: int | None = None,
 ) -> PredictResult:
     """Classify image files and folders; write ``path,probability,label`` rows to a CSV.
 
@@ -341,7 +361,13 @@ def predict_paths(
         progress: show a tqdm progress bar.
         workers: decoding threads (default: up to 4 or the CPU count).
         tta: average P(leukaemia) over this many of the 8 flips/rotations by 90 degrees
-            (:mod:`leukdx.tta`; 1 = none); works for every kind of model.
+            (:mod:`leukdx.tta`; 1 = none); works for every kind of model. ``None``: the
+            run's ``evaluate.tta`` (1 for a model without a run).
+
+    Each file is prepared as the model's run prepared its training images
+    (:class:`~leukdx.data.inputs.InputPreparation`: resize, centre or nucleus-centred crops,
+    stain normalisation to the run's reference); a file that gives several cell crops gets one
+    probability from them (``data.cell.aggregate``).
 
     Returns:
         A :class:`PredictResult`; unreadable files are in ``skipped``, never fatal.
@@ -360,11 +386,17 @@ def predict_paths(
 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size!r}.")
-    tta = check_tta(tta)
     files = collect_image_paths(paths)
     if not files:
         log.warning("No image files (%s) found in the given paths.", ", ".join(IMAGE_EXTENSIONS))
     predictor = load_predictor(model, batch_size=batch_size)
+    tta = check_tta(predictor.tta if tta is None else tta)
+    preparation = predictor.preparation
+    if preparation is not None:
+        load = preparation.load
+    else:
+        def load(path: Path) -> np.ndarray:
+            return _load_one(path, predictor.image_size, predictor.aspect)[None]
     cut = float(predictor.threshold if threshold is None else threshold)
     if not 0.0 <= cut <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}.")
@@ -380,22 +412,23 @@ def predict_paths(
         tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar,
     ):
         for chunk in _batches(files, step):
-            futures = [
-                pool.submit(_load_one, p, predictor.image_size, predictor.aspect) for p in chunk
-            ]
-            good_paths, images = [], []
+            futures = [pool.submit(load, p) for p in chunk]
+            good_paths, inputs = [], []
             for path, future in zip(chunk, futures):
                 try:
-                    images.append(future.result())
+                    inputs.append(future.result())
                     good_paths.append(str(path))
                 except (BadImageError, OSError) as exc:
                     reason = exc.reason if isinstance(exc, BadImageError) else str(exc)
                     skipped.append((str(path), reason))
                     log.warning("Skipped %s: %s", path, reason)
-            if images:
-                probs = tta_average(predictor.predict, np.stack(images), tta)
+            if inputs:
+                probs = tta_average(predictor.predict, np.concatenate(inputs), tta)
+                ends = np.cumsum([len(x) for x in inputs])
+                for path_probs in np.split(np.asarray(probs, np.float64), ends[:-1]):
+                    rows_prob.append(preparation.aggregate(path_probs) if preparation
+                                     is not None else float(path_probs[0]))
                 rows_path.extend(good_paths)
-                rows_prob.extend(float(p) for p in probs)
             bar.update(len(chunk))
 
     probabilities = np.asarray(rows_prob, dtype=np.float64)

@@ -848,6 +848,53 @@ def _run_info(cfg: Config, collection, records: pd.DataFrame, train_labels: np.n
     return info
 
 
+def _withhold_calibration_source(
+    records: pd.DataFrame, cfg: Config
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``train.calibrate: unseen_source``: split off one healthy-only source (drawn with the
+    seed, :func:`leukdx.evaluation.runner.calibration_source`) - exactly as an evaluation fold
+    does - so the threshold is set on a lab the model never trained on.
+
+    Returns:
+        ``(records to train and validate on, calibration records)`` (the latter empty when
+        calibration is off or no healthy-only source exists, which is logged).
+    """
+    if cfg.train.calibrate != "unseen_source":
+        return records, records.iloc[0:0]
+    from leukdx.evaluation.runner import calibration_source
+
+    source = calibration_source(records, int(cfg.seed))
+    if source is None:
+        log.warning("train.calibrate: unseen_source needs a healthy-only source besides the "
+                    "two-class ones; using train.threshold (%g).", cfg.train.threshold)
+        return records, records.iloc[0:0]
+    held = (records["source"].astype(str) == source).to_numpy()
+    log.info("Withholding %s (%d healthy images) to calibrate the threshold.", source,
+             int(held.sum()))
+    return records[~held].reset_index(drop=True), records[held].reset_index(drop=True)
+
+
+def _calibrate_threshold(model, fold, n_val: int, calibration_records: pd.DataFrame,
+                         cfg: Config) -> dict[str, Any]:
+    """The ``train.calibration_specificity`` quantile of P(leukaemia) over the withheld
+    source's images, each scored as evaluation and ``leukdx predict`` score it (its cell crops
+    aggregated, ``evaluate.tta`` views averaged). Empty without calibration records."""
+    if len(calibration_records) == 0:
+        return {}
+    from leukdx.tta import predict_proba_tta
+
+    probs = predict_proba_tta(model, fold.test_inputs, int(cfg.evaluate.tta),
+                              INFERENCE_BATCH_SIZE)
+    scores = fold.test_probabilities(probs)[n_val:]
+    threshold = float(np.quantile(scores, cfg.train.calibration_specificity))
+    return {
+        "source": str(calibration_records["source"].iloc[0]),
+        "n_images": len(calibration_records),
+        "specificity": float(cfg.train.calibration_specificity),
+        "threshold": threshold,
+    }
+
+
 def train_run(
     cfg: Config,
     out_dir: str | os.PathLike,
@@ -919,16 +966,20 @@ def train_run(
         collection = load_collection(cfg.data.root, cfg.data, progress=progress, seed=cfg.seed)
     records = collection.records.reset_index(drop=True)
     require_two_classes(records, f"the training data ({cfg.data.root})")
+    records, calibration_records = _withhold_calibration_source(records, cfg)
 
     train_pos, val_pos = validation_indices(records, cfg.train, seed=int(cfg.seed))
     train_records = records.iloc[train_pos].reset_index(drop=True)
     require_two_classes(train_records, "the training part (after holding out validation)")
 
     cache = cache if cache is not None else make_image_cache(cfg, progress=progress)
-    images = cache.get(records, cfg.data.image_size, cfg.data.aspect)
-    labels = records["label"].to_numpy().astype(np.float32)
-    train_images, train_labels = images[train_pos], labels[train_pos]
-    val_images, val_labels = images[val_pos], labels[val_pos]
+    # the fold path of the evaluator: crops, cell windows, training-only stain reference
+    held_out = pd.concat([records.iloc[val_pos], calibration_records], ignore_index=True)
+    fold = cache.fold_images(train_records, held_out, cfg.data, seed=int(cfg.seed))
+    train_images = fold.train
+    train_labels = fold.train_records["label"].to_numpy().astype(np.float32)
+    val_images = fold.test[: len(val_pos)]
+    val_labels = records["label"].to_numpy().astype(np.float32)[val_pos]
     weights = class_weights(train_labels, cfg.train.class_weight)
 
     # The inputs are valid: from here on the run folder is written.
@@ -962,6 +1013,7 @@ def train_run(
         history = _read_history(write_dir / HISTORY_FILE)
         timing_images = val_images if len(val_images) else train_images
         infer_ms = measure_inference_ms(model, timing_images)
+        calibration = _calibrate_threshold(model, fold, len(val_pos), calibration_records, cfg)
     except BaseException:
         if _backup_epoch(write_dir / BACKUP_DIR) == 0:
             # Nothing a re-run could resume: leave no half-made run behind to block it.
@@ -978,11 +1030,20 @@ def train_run(
     _plot_curves(history, write_dir / CURVES_FILE,
                  _best_epoch(history, monitor).get("epoch"),
                  val_labels if val_labels is not None and len(val_labels) else train_labels)
+    # every source the run looked at, the calibration source included (leakage checks)
+    seen = pd.concat([records, calibration_records], ignore_index=True)
     info = _run_info(
-        cfg, collection, records, train_labels, val_labels, model, history, monitor,
+        cfg, collection, seen, train_labels, val_labels, model, history, monitor,
         precision=policy_name, jit_compile=jit_compile, strategy=strategy,
         class_weight=weights, epochs_done=epochs_done, infer_ms=infer_ms,
     )
+    if calibration:
+        info["calibration"] = calibration
+    if fold.stain_reference is not None:
+        from leukdx.data.inputs import STAIN_REFERENCE_FILE
+
+        # leukdx predict / export normalise new images to the same reference
+        write_json_atomic(fold.stain_reference.to_dict(), write_dir / STAIN_REFERENCE_FILE)
     write_json_atomic(info, write_dir / RUN_FILE)
     # The run is complete: its resumption state is no longer needed.
     shutil.rmtree(write_dir / BACKUP_DIR, ignore_errors=True)

@@ -41,6 +41,7 @@ CONFIG_FILE = "config.yaml"
 SAVED_MODEL_FILE = "saved_model.pb"
 SAVED_MODEL_DIR = "savedmodel"  # the SavedModel's folder inside an export folder
 
+RUN_INFO_FILE = "run.json"  # leukdx.train.RUN_FILE (not imported: keeps this module light)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_ASPECT = "stretch"
 
@@ -144,8 +145,27 @@ class LoadedModel:
 
     @property
     def threshold(self) -> float:
-        """Probability at or above which an image is called leukaemia (``train.threshold``)."""
+        """Probability at or above which an image is called leukaemia: the threshold the run
+        calibrated on a withheld source (``train.calibrate``, in its ``run.json``), else
+        ``train.threshold``, else 0.5."""
+        calibrated = self.calibration.get("threshold")
+        if calibrated is not None:
+            return float(calibrated)
         return float(self.config.train.threshold) if self.config is not None else DEFAULT_THRESHOLD
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """The ``calibration`` entry of the run's ``run.json`` (empty when there is none)."""
+        import json
+
+        if self.run_dir is None or not (Path(self.run_dir) / RUN_INFO_FILE).is_file():
+            return {}
+        try:
+            info = json.loads((Path(self.run_dir) / RUN_INFO_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        entry = info.get("calibration") if isinstance(info, dict) else None
+        return dict(entry) if isinstance(entry, dict) else {}
 
 
 def _load_keras_file(path: Path) -> keras.Model:
