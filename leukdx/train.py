@@ -852,7 +852,7 @@ def _withhold_calibration_source(
     records: pd.DataFrame, cfg: Config
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``train.calibrate: unseen_source``: split off one healthy-only source (drawn with the
-    seed, :func:`leukdx.evaluation.runner.calibration_source`) - exactly as an evaluation fold
+    seed, :func:`leukdx.evaluation.splits.calibration_source`) - exactly as an evaluation fold
     does - so the threshold is set on a lab the model never trained on.
 
     Returns:
@@ -861,7 +861,7 @@ def _withhold_calibration_source(
     """
     if cfg.train.calibrate != "unseen_source":
         return records, records.iloc[0:0]
-    from leukdx.evaluation.runner import calibration_source
+    from leukdx.evaluation.splits import calibration_source
 
     source = calibration_source(records, int(cfg.seed))
     if source is None:

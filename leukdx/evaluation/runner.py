@@ -78,7 +78,7 @@ from leukdx.evaluation.ledger import (
     write_predictions,
     write_summary,
 )
-from leukdx.evaluation.splits import Split, make_splits
+from leukdx.evaluation.splits import Split, calibration_source, make_splits
 from leukdx.runinfo import write_json_atomic
 
 __all__ = [
@@ -545,27 +545,6 @@ def two_class_sources_mask(train_records: pd.DataFrame) -> np.ndarray:
             "train.label_sources: all, or add a two-class source."
         )
     return train_records["source"].isin(both).to_numpy()
-
-
-def calibration_source(train_records: pd.DataFrame, seed: int) -> str | None:
-    """The training source a fold withholds to calibrate its threshold on
-    (``train.calibrate: unseen_source``): one of the sources that hold only healthy images,
-    drawn with the fold's seed, so the runs of a fold rotate over them. ``None`` when there
-    is none (withholding a two-class source would take away leukaemia examples).
-
-    Example:
-        >>> import pandas as pd
-        >>> recs = pd.DataFrame({"source": ["a", "a", "b", "c"], "label": [0, 1, 0, 0]})
-        >>> calibration_source(recs, seed=0) in {"b", "c"}
-        True
-        >>> calibration_source(recs[recs.source == "a"], seed=0) is None
-        True
-    """
-    by_source = train_records.groupby("source")["label"].max()
-    candidates = sorted(str(s) for s, has_leukaemia in by_source.items() if has_leukaemia == 0)
-    if not candidates:
-        return None
-    return candidates[int(np.random.default_rng(int(seed)).integers(len(candidates)))]
 
 
 def best_validation(history: Mapping[str, Sequence[float]]) -> dict[str, float]:

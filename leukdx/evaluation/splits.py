@@ -48,6 +48,7 @@ __all__ = [
     "POOLED",
     "PROTOCOLS",
     "Split",
+    "calibration_source",
     "external_splits",
     "holdout_splits",
     "kfold_splits",
@@ -676,3 +677,24 @@ def _with_training_copies(split: Split, originals: np.ndarray, copies: np.ndarra
         extra = extra[np.isin(groups[extra], groups[train])]
         train = np.union1d(train, extra)
     return replace(split, train_idx=train, test_idx=test)
+
+
+def calibration_source(train_records: pd.DataFrame, seed: int) -> str | None:
+    """The training source a fold withholds to calibrate its threshold on
+    (``train.calibrate: unseen_source``): one of the sources that hold only healthy images,
+    drawn with the fold's seed, so the runs of a fold rotate over them. ``None`` when there
+    is none (withholding a two-class source would take away leukaemia examples).
+
+    Example:
+        >>> import pandas as pd
+        >>> recs = pd.DataFrame({"source": ["a", "a", "b", "c"], "label": [0, 1, 0, 0]})
+        >>> calibration_source(recs, seed=0) in {"b", "c"}
+        True
+        >>> calibration_source(recs[recs.source == "a"], seed=0) is None
+        True
+    """
+    by_source = train_records.groupby("source")["label"].max()
+    candidates = sorted(str(s) for s, has_leukaemia in by_source.items() if has_leukaemia == 0)
+    if not candidates:
+        return None
+    return candidates[int(np.random.default_rng(int(seed)).integers(len(candidates)))]

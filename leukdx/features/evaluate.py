@@ -54,11 +54,11 @@ from leukdx.evaluation.ledger import (
 )
 from leukdx.evaluation.runner import (
     FoldOutput,
-    calibration_source,
     expand_grid,
     prepare_results_folder,
     run_evaluation,
 )
+from leukdx.evaluation.splits import calibration_source
 from leukdx.features.analysis import (
     analyse_feature_space,
     feature_space_markdown,
@@ -210,7 +210,7 @@ class FeatureTrainer:
         held_out = np.zeros(len(train_records), bool)
         if cfg.train.calibrate == "unseen_source":
             # the same rule as fine-tuning: withhold one healthy-only training source and
-            # set the threshold on it (leukdx.evaluation.runner.calibration_source)
+            # set the threshold on it (leukdx.evaluation.splits.calibration_source)
             calibration = calibration_source(train_records, seed)
             if calibration is None:
                 log.warning("train.calibrate: unseen_source needs a healthy-only training "
