@@ -242,8 +242,10 @@ def markdown(table: pd.DataFrame, machine: dict[str, Any], overrides: dict[str, 
         "validation images drawn from the *training* sources of the fold) are in-domain: they "
         "rank how well a recipe fits the sources it saw, not how it transfers, so "
         "`lodo_generalise` is fixed from what each technique removes (scale, colour, batch "
-        "statistics, an uncalibrated threshold) rather than picked from this table. AUC shows "
-        "the ranking a threshold cannot fix.",
+        "statistics, an uncalibrated threshold) rather than picked from this table, and a "
+        "variant that measures better here (`lodo_generalise_red_cell`, fixed before it was "
+        "measured) is not adopted from it for the same reason. AUC shows the ranking a "
+        "threshold cannot fix.",
         "",
         f"- Command: `{machine['command']}`",
         f"- Settings: {', '.join(f'{k}={v}' for k, v in overrides.items())}"
