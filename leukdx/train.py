@@ -852,25 +852,19 @@ def _withhold_calibration_source(
     records: pd.DataFrame, cfg: Config
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``train.calibrate: unseen_source``: split off one healthy-only source (drawn with the
-    seed, :func:`leukdx.evaluation.splits.calibration_source`) - exactly as an evaluation fold
-    does - so the threshold is set on a lab the model never trained on.
+    seed, :func:`leukdx.evaluation.splits.withheld_for_calibration`) - exactly as an
+    evaluation fold does - so the threshold is set on a lab the model never trained on.
 
     Returns:
         ``(records to train and validate on, calibration records)`` (the latter empty when
         calibration is off or no healthy-only source exists, which is logged).
     """
-    if cfg.train.calibrate != "unseen_source":
-        return records, records.iloc[0:0]
-    from leukdx.evaluation.splits import calibration_source
+    from leukdx.evaluation.splits import withheld_for_calibration
 
-    source = calibration_source(records, int(cfg.seed))
-    if source is None:
-        log.warning("train.calibrate: unseen_source needs a healthy-only source besides the "
-                    "two-class ones; using train.threshold (%g).", cfg.train.threshold)
-        return records, records.iloc[0:0]
-    held = (records["source"].astype(str) == source).to_numpy()
-    log.info("Withholding %s (%d healthy images) to calibrate the threshold.", source,
-             int(held.sum()))
+    held, source = withheld_for_calibration(records, cfg.train.calibrate, int(cfg.seed))
+    if source is not None:
+        log.info("Withholding %s (%d healthy images) to calibrate the threshold.", source,
+                 int(held.sum()))
     return records[~held].reset_index(drop=True), records[held].reset_index(drop=True)
 
 

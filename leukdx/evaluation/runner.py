@@ -78,7 +78,12 @@ from leukdx.evaluation.ledger import (
     write_predictions,
     write_summary,
 )
-from leukdx.evaluation.splits import Split, calibration_source, make_splits
+from leukdx.evaluation.splits import (  # noqa: F401  (calibration_source re-exported)
+    Split,
+    calibration_source,
+    make_splits,
+    withheld_for_calibration,
+)
 from leukdx.runinfo import write_json_atomic
 
 __all__ = [
@@ -395,18 +400,12 @@ class FineTuneTrainer:
 
         train_records = train_records.reset_index(drop=True)
         extra: dict[str, Any] = {}
-        calibration = None
-        if cfg.train.calibrate == "unseen_source":
-            calibration = calibration_source(train_records, seed)
-            if calibration is None:
-                log.warning("train.calibrate: unseen_source needs a healthy-only training "
-                            "source besides the two-class ones; using train.threshold.")
-            else:
-                keep = (train_records["source"] != calibration).to_numpy()
-                calibration_images = train_images[~keep]
-                train_records = train_records[keep].reset_index(drop=True)
-                train_images = train_images[keep]
-                extra["calibration_source"] = calibration
+        held, calibration = withheld_for_calibration(train_records, cfg.train.calibrate, seed)
+        if calibration is not None:
+            calibration_images = train_images[held]
+            train_records = train_records[~held].reset_index(drop=True)
+            train_images = train_images[~held]
+            extra["calibration_source"] = calibration
         if cfg.pretrain.per_fold:
             cfg, extra["pretrain_seconds"] = self._pretrained(cfg, train_records, train_images)
         if cfg.train.label_sources == "two_class":

@@ -55,6 +55,7 @@ __all__ = [
     "lodo_splits",
     "make_splits",
     "validation_split",
+    "withheld_for_calibration",
 ]
 
 PROTOCOLS = ("lodo", "kfold", "holdout", "external")
@@ -698,3 +699,38 @@ def calibration_source(train_records: pd.DataFrame, seed: int) -> str | None:
     if not candidates:
         return None
     return candidates[int(np.random.default_rng(int(seed)).integers(len(candidates)))]
+
+
+def withheld_for_calibration(records: pd.DataFrame, calibrate: str,
+                             seed: int) -> tuple[np.ndarray, str | None]:
+    """Which training rows ``train.calibrate`` withholds to set the threshold on.
+
+    With ``unseen_source``, the rows of :func:`calibration_source` (one healthy-only source
+    drawn with ``seed``); fine-tuning folds, classic-classifier folds and ``leukdx train`` all
+    withhold through here, so the rule is one.
+
+    Args:
+        records: the training records (``source``, ``label``).
+        calibrate: ``train.calibrate`` (``none`` or ``unseen_source``).
+        seed: the fold's (or run's) seed.
+
+    Returns:
+        ``(mask, source)``: a bool mask over ``records`` (all false when nothing is withheld)
+        and the withheld source's name, or ``None`` (calibration off, or no healthy-only
+        source, which is logged: the fixed ``train.threshold`` applies then).
+
+    Example:
+        >>> recs = pd.DataFrame({"source": ["a", "a", "b"], "label": [0, 1, 0]})
+        >>> mask, source = withheld_for_calibration(recs, "unseen_source", 0)
+        >>> mask.tolist(), source
+        ([False, False, True], 'b')
+    """
+    mask = np.zeros(len(records), bool)
+    if calibrate != "unseen_source":
+        return mask, None
+    source = calibration_source(records, seed)
+    if source is None:
+        warnings.warn("train.calibrate: unseen_source needs a healthy-only training source "
+                      "besides the two-class ones; using train.threshold.", stacklevel=2)
+        return mask, None
+    return (records["source"].astype(str) == source).to_numpy(), source

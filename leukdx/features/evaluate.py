@@ -58,7 +58,7 @@ from leukdx.evaluation.runner import (
     prepare_results_folder,
     run_evaluation,
 )
-from leukdx.evaluation.splits import calibration_source
+from leukdx.evaluation.splits import withheld_for_calibration
 from leukdx.features.analysis import (
     analyse_feature_space,
     feature_space_markdown,
@@ -207,17 +207,11 @@ class FeatureTrainer:
         row_of = {sha: i for i, sha in enumerate(self.records(cfg)["sha256"].astype(str))}
         train_records = train_records.reset_index(drop=True)
         extra: dict[str, Any] = {}
-        held_out = np.zeros(len(train_records), bool)
-        if cfg.train.calibrate == "unseen_source":
-            # the same rule as fine-tuning: withhold one healthy-only training source and
-            # set the threshold on it (leukdx.evaluation.splits.calibration_source)
-            calibration = calibration_source(train_records, seed)
-            if calibration is None:
-                log.warning("train.calibrate: unseen_source needs a healthy-only training "
-                            "source besides the two-class ones; using train.threshold.")
-            else:
-                held_out = (train_records["source"] == calibration).to_numpy()
-                extra["calibration_source"] = calibration
+        # the same rule as fine-tuning: one healthy-only training source sets the threshold
+        held_out, calibration = withheld_for_calibration(train_records, cfg.train.calibrate,
+                                                         seed)
+        if calibration is not None:
+            extra["calibration_source"] = calibration
         rows = np.asarray([row_of[sha] for sha in train_records["sha256"].astype(str)], int)
         x_train = fs.features[rows[~held_out]]
         x_calibration = fs.features[rows[held_out]]
