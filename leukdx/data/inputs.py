@@ -127,11 +127,6 @@ class InputPreparation:
         """True when a file is just resized (no crop, no stain normalisation)."""
         return self.crop == "none" and self.stain is None
 
-    @property
-    def several_inputs(self) -> bool:
-        """True when one file may give several inputs (its cells) that :meth:`aggregate` joins."""
-        return self.crop == "cell"
-
     def load(self, path: str | os.PathLike) -> np.ndarray:
         """The model inputs of one image file.
 
