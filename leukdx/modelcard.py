@@ -146,13 +146,44 @@ def _model_facts(loaded: LoadedModel, spec: ServingSpec) -> dict[str, Any]:
             else "inside the model"
         ),
     }
+    facts["input"]["prepared_outside_the_graph"] = _preparation_text(loaded)
+    calibration = loaded.calibration
     facts["output"] = {
         "probability": "P(leukaemia)",
         "threshold": float(spec.threshold),
+        "threshold_from": (
+            f"calibrated on the withheld healthy-only source {calibration.get('source')} "
+            f"({calibration.get('n_images')} images) at "
+            f"{float(calibration.get('specificity', 0.0)):.0%} specificity"
+            if calibration.get("threshold") is not None else "train.threshold"),
         "class_names": {str(i): name for i, name in enumerate(CLASS_NAMES)},
         "positive_class": CLASS_NAMES[1],
     }
     return facts
+
+
+def _preparation_text(loaded: LoadedModel) -> str:
+    """What must happen to an image before the exported graph sees it, in words."""
+    if loaded.config is None:
+        return "nothing"
+    from leukdx.data.inputs import InputPreparation
+
+    prep = InputPreparation.for_run(loaded.config, loaded.run_dir, image_size=loaded.image_size)
+    steps = []
+    if prep.crop == "cell":
+        unit = "red-cell" if prep.cell_scale_by == "red_cell" else "nucleus"
+        steps.append(f"nucleus-centred cell crops (windows of {prep.cell_scale:g} {unit} "
+                     f"diameters, up to {prep.max_cells} per image, probabilities joined by "
+                     f"{prep.cell_aggregate}; leukdx.data.cells.load_cells)")
+    elif prep.crop == "center":
+        steps.append(f"a centre crop keeping {prep.crop_fraction:g} of each side")
+    if prep.stain is not None:
+        steps.append(f"{prep.stain.method} stain normalisation to the run's training "
+                     "reference (saved in the export's metadata)")
+    if not steps:
+        return "nothing"
+    return ("; ".join(steps) + ". `leukdx predict` does this for a run folder or this export; "
+            "a client calling the signatures directly must send images prepared the same way.")
 
 
 def _training_facts(loaded: LoadedModel, info: dict[str, Any] | None) -> dict[str, Any]:
@@ -390,8 +421,10 @@ def render_markdown(card: dict[str, Any]) -> str:
                       f"{m['input']['pixels']}"),
             ("resize", m["input"]["resize"]),
             ("preprocessing", m["input"]["preprocessing"]),
+            ("prepared outside the graph", m["input"].get("prepared_outside_the_graph")),
             ("output", m["output"]["probability"]),
             ("threshold", m["output"]["threshold"]),
+            ("threshold from", m["output"].get("threshold_from")),
             ("class names", ", ".join(f"{k} = {v}" for k, v in m["output"]["class_names"].items())),
         ],
     )

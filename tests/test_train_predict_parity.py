@@ -142,3 +142,11 @@ def test_the_savedmodel_export_carries_the_preparation(cell_run, smear_collectio
     np.testing.assert_allclose(from_export.table["probability"],
                                from_run.table["probability"], atol=1e-4)
     assert (from_export.table["label"] == from_run.table["label"]).all()
+    # the model card says what a client must do first, and where the threshold came from
+    facts = export.card["model"]
+    assert "cell crops" in facts["input"]["prepared_outside_the_graph"]
+    assert "reinhard" in facts["input"]["prepared_outside_the_graph"]
+    source = json.loads((result.run_dir / "run.json").read_text())["calibration"]["source"]
+    assert source in facts["output"]["threshold_from"]
+    card_md = (export.out_dir / "model_card.md").read_text()
+    assert "prepared outside the graph" in card_md and source in card_md
