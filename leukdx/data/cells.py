@@ -279,6 +279,13 @@ def image_red_cell_diameter(rgb: np.ndarray) -> float:
     return red_cell_diameter(rgb, opening(nucleus_mask(rgb), disk(2)))
 
 
+def _red_cell_ruler(arr: np.ndarray) -> float:
+    """:func:`image_red_cell_diameter` measured at the working resolution, in ``arr``'s
+    pixels (NaN when there is nothing to measure)."""
+    work, ratio = working_picture(arr, WORKING_PX)
+    return image_red_cell_diameter(work) / ratio
+
+
 def working_picture(arr: np.ndarray, working_px: int) -> tuple[np.ndarray, float]:
     """``arr`` reduced so its longest side is at most ``working_px``, and the factor used."""
     height, width = arr.shape[:2]
@@ -529,8 +536,7 @@ def crop_cells(
     nuclei = find_nuclei(arr, max_cells=max_cells)
     ruler = None
     if nuclei and scale_by == "red_cell":
-        work, ratio = working_picture(arr, WORKING_PX)
-        ruler = image_red_cell_diameter(work) / ratio
+        ruler = _red_cell_ruler(arr)
     boxes = cell_boxes(nuclei, scale, ruler)
     if len(boxes) == 0:
         return _resize_square(arr, int(size))[None]
@@ -582,10 +588,8 @@ def load_cells(
     ]
     ruler = None
     if nuclei and scale_by == "red_cell":
-        work, ratio = working_picture(arr, WORKING_PX)
         # in the file's own pixels, like the nuclei
-        ruler = image_red_cell_diameter(work) / ratio * math.sqrt(
-            height / arr.shape[0] * width / arr.shape[1])
+        ruler = _red_cell_ruler(arr) * math.sqrt(height / arr.shape[0] * width / arr.shape[1])
     if not nuclei:
         target = (min(width, size), min(height, size))
     else:

@@ -76,7 +76,7 @@ class InputPreparation:
     @classmethod
     def from_data_config(
         cls, data: DataConfig, *, image_size: int | None = None,
-        stain: StainReference | None = None, warn: bool = True,
+        stain: StainReference | None = None,
     ) -> InputPreparation:
         """The preparation of a run's ``data`` settings.
 
@@ -84,7 +84,6 @@ class InputPreparation:
             data: the run's ``data`` section.
             image_size: the model's input side, when it differs from ``data.image_size``.
             stain: the run's stain reference (required when ``data.stain_normalize`` is on).
-            warn: log what cannot be repeated on a file of unknown source.
 
         Raises:
             ValueError: the run normalised stains but no reference is given.
@@ -95,11 +94,12 @@ class InputPreparation:
                 f"its {STAIN_REFERENCE_FILE} is missing; predictions on raw colours would be "
                 "wrong. Give the run folder made by `leukdx train`, which holds it."
             )
-        if warn and data.crop != "none" and data.crop_sources is not None:
+        # what cannot be repeated on a file of unknown source is said, not silently changed
+        if data.crop != "none" and data.crop_sources is not None:
             log.warning("The run applied data.crop: %s only to %s; at prediction the source "
                         "of a file is unknown, so it applies to every image.", data.crop,
                         ", ".join(map(str, data.crop_sources)))
-        if warn and data.tile.sources:
+        if data.tile.sources:
             log.warning("The run scored test images of %s as tiles; at prediction the source "
                         "of a file is unknown, so every image is scored whole.",
                         ", ".join(map(str, data.tile.sources)))

@@ -78,12 +78,7 @@ from leukdx.evaluation.ledger import (
     write_predictions,
     write_summary,
 )
-from leukdx.evaluation.splits import (  # noqa: F401  (calibration_source re-exported)
-    Split,
-    calibration_source,
-    make_splits,
-    withheld_for_calibration,
-)
+from leukdx.evaluation.splits import Split, make_splits, withheld_for_calibration
 from leukdx.runinfo import write_json_atomic
 
 __all__ = [

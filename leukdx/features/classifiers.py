@@ -230,16 +230,8 @@ def fill_missing(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ..
         >>> fill_missing(np.array([[1.0], [np.nan], [3.0]]), np.array([[np.nan]]))[1].tolist()
         [[2.0]]
     """
-    train = np.asarray(train, dtype=np.float64)
-    present = ~np.isnan(train)
-    medians = np.zeros(train.shape[1])
-    for column in range(train.shape[1]):
-        if present[:, column].any():
-            medians[column] = float(np.median(train[present[:, column], column]))
-    filled = []
-    for array in (train, *others):
-        array = np.array(array, dtype=np.float64, copy=True)
-        rows, cols = np.nonzero(np.isnan(array))
-        array[rows, cols] = medians[cols]
-        filled.append(array)
-    return tuple(filled)
+    from sklearn.impute import SimpleImputer
+
+    imputer = SimpleImputer(strategy="median", keep_empty_features=True)
+    imputer.fit(np.asarray(train, dtype=np.float64))
+    return tuple(imputer.transform(np.asarray(a, dtype=np.float64)) for a in (train, *others))

@@ -219,8 +219,8 @@ class FeatureTrainer:
         x_test = fs.features[[row_of[sha] for sha in test_records["sha256"].astype(str)]]
         # a feature no training image has (e.g. a red-cell ruler no training source can
         # measure) carries nothing, and some estimators cannot bin an all-missing column
-        measured = ~np.isnan(x_train).all(axis=0) if len(x_train) else np.ones(0, bool)
-        if len(measured) and not measured.all():
+        measured = ~np.isnan(x_train).all(axis=0)
+        if not measured.all():
             x_train, x_test = x_train[:, measured], x_test[:, measured]
             x_calibration = x_calibration[:, measured]
         classifier = build_classifier(self.classifier_name(cfg), seed=int(seed) % (2**32))

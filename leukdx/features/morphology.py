@@ -14,10 +14,11 @@ is why they are candidates for transfer to a lab never seen (the point of LeukNe
 
 ======================  ====================================================================
 ``nucleus_to_rbc``      log of the nucleus' equivalent diameter over the typical red-cell
-                        diameter of the same image (:func:`leukdx.data.cells.red_cell_diameter`); the image's own
-                        red cells are the ruler, so the magnification cancels. NaN when red
-                        cells cover under 5 % of the image, or when the ratio falls outside
-                        0.6-3 (:data:`leukdx.data.cells.NUCLEUS_TO_RED_CELL_RANGE`).
+                        diameter of the same image
+                        (:func:`leukdx.data.cells.red_cell_diameter`): the image's own red
+                        cells are the ruler, so the magnification cancels. NaN when red cells
+                        cover under 5 % of the image, or when the ratio falls outside 0.6-3
+                        (:data:`leukdx.data.cells.NUCLEUS_TO_RED_CELL_RANGE`).
 ``circularity``         4 pi area / perimeter^2 of the nucleus (1 for a disk).
 ``solidity``            nucleus area / its convex hull's area (lobed nuclei are low).
 ``eccentricity``        of the ellipse with the nucleus' second moments (0 for a disk).

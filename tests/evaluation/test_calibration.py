@@ -9,7 +9,8 @@ import pytest
 
 from leukdx.config import ConfigError, config_from_dict
 from leukdx.evaluation.metrics import binary_metrics
-from leukdx.evaluation.runner import calibration_source, run_evaluation
+from leukdx.evaluation.runner import run_evaluation
+from leukdx.evaluation.splits import calibration_source
 
 
 def test_calibration_source_is_healthy_only_and_rotates_with_the_seed():
